@@ -1,0 +1,5 @@
+import sys
+
+from dmfuse.cli import main
+
+sys.exit(main())

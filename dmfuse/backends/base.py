@@ -1,0 +1,49 @@
+"""The backend contract: byte-addressed I/O on something a table line names."""
+
+from __future__ import annotations
+
+import abc
+
+
+class Backend(abc.ABC):
+    """An opened underlying device.  Offsets and lengths are bytes.
+
+    ``display`` is how table/status output names it: ``MAJOR:MINOR`` for a block device (as the
+    kernel prints), otherwise the path or name the user gave.  ``devno`` is ``(major, minor)``
+    where one exists, for ``deps``.
+    """
+
+    display: str
+    devno: tuple[int, int] | None = None
+    refs: int = 0
+
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Current size in bytes (checked at resume, like ``device_area_is_invalid``)."""
+
+    @abc.abstractmethod
+    async def read(self, offset: int, buf: memoryview) -> None:
+        """Fill all of ``buf`` from ``offset``; reading past the end raises :class:`IOFailure`."""
+
+    @abc.abstractmethod
+    async def write(self, offset: int, data: memoryview) -> None:
+        """Write all of ``data`` at ``offset``."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Make completed writes durable."""
+
+    @abc.abstractmethod
+    async def discard(self, offset: int, length: int) -> None:
+        """Forget the range; afterwards it reads as zeros."""
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        await self.discard(offset, length)
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release what was opened (called when the last table using it is destroyed)."""
+
+    def depends_on(self) -> list[str]:
+        """Names of dmfuse devices this backend stacks on (for cycle checks)."""
+        return []

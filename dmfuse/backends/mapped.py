@@ -1,0 +1,51 @@
+"""Another device of the same mount used as a backing device (stacking), resolved in process.
+
+I/O goes straight to that device's dispatcher, never through the mount: re-entering the kernel
+from a FUSE handler could deadlock the request queue.  While a table holds it, the lower device
+counts as open (``Open count`` in ``info``), so it cannot be removed under its user.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dmfuse.backends.base import Backend
+
+if TYPE_CHECKING:
+    from dmfuse.engine.device import Device
+
+
+class MappedBackend(Backend):
+    def __init__(self, device: Device, display: str) -> None:
+        self.device = device
+        self.display = display
+        self.devno = (MAPPED_MAJOR, device.minor)
+        device.open_count += 1
+
+    def size(self) -> int:
+        return self.device.size
+
+    async def read(self, offset: int, buf: memoryview) -> None:
+        await self.device.read_into(offset, buf)
+
+    async def write(self, offset: int, data: memoryview) -> None:
+        await self.device.write(offset, data, exact=True)
+
+    async def flush(self) -> None:
+        await self.device.flush()
+
+    async def discard(self, offset: int, length: int) -> None:
+        await self.device.discard(offset, length)
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        await self.device.discard(offset, length, zero_fill=True)
+
+    async def close(self) -> None:
+        self.device.open_count -= 1
+
+    def depends_on(self) -> list[str]:
+        return [self.device.name]
+
+
+# dm's usual dynamic major; our devices have no real device node, this only numbers them.
+MAPPED_MAJOR = 253

@@ -1,0 +1,302 @@
+"""``dmfuse``: dmsetup's commands against a running mount, plus ``mount`` and ``umount``.  EDGE.
+
+Every failure ends here as one line, ``dmfuse: <command> <name> failed: <reason>``, and exit
+status 1 (2 for usage errors, from argparse).  ``--json`` prints the daemon's data as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from dmfuse import __version__, output
+from dmfuse.control.client import find_socket, request
+from dmfuse.control.protocol import runtime_dir, socket_path
+from dmfuse.errors import DmError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dmfuse", description=__doc__.splitlines()[0])
+    p.add_argument("-m", "--mountpoint", help="the dmfuse mount to talk to")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--version", action="version", version=f"dmfuse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("mount", help="mount a directory of NAME.table files")
+    m.add_argument("tabledir")
+    m.add_argument("mountpoint_dir", metavar="mountpoint")
+    m.add_argument("-f", "--foreground", action="store_true")
+    m.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
+    m.add_argument("-o", dest="options", default="", help="mount options: allow_other")
+    m.add_argument("--log", help="log file (background default: next to the control socket)")
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    u = sub.add_parser("umount", help="unmount, flushing every device")
+    u.add_argument("mountpoint_dir", metavar="mountpoint")
+
+    for name in ("create", "load", "reload"):
+        c = sub.add_parser(name)
+        c.add_argument("name")
+        c.add_argument("file", nargs="?", help="table file (default: --table or stdin)")
+        c.add_argument("--table", help="table text; lines separated by newlines")
+        c.add_argument("-r", "--readonly", action="store_true")
+        if name == "create":
+            c.add_argument("-u", "--uuid", default="")
+            c.add_argument("-n", "--notable", action="store_true")
+    for name in ("resume", "clear"):
+        sub.add_parser(name).add_argument("name")
+    s = sub.add_parser("suspend")
+    s.add_argument("name")
+    s.add_argument("--noflush", action="store_true")
+    s.add_argument("--nolockfs", action="store_true", help="accepted; dmfuse never freezes")
+    r = sub.add_parser("remove")
+    r.add_argument("name")
+    r.add_argument("-f", "--force", action="store_true")
+    r.add_argument("--deferred", action="store_true")
+    r.add_argument("--retry", action="store_true", help="accepted for compatibility")
+    rn = sub.add_parser("rename")
+    rn.add_argument("name")
+    rn.add_argument("new_name", nargs="?")
+    rn.add_argument("--setuuid")
+    msg = sub.add_parser("message")
+    msg.add_argument("name")
+    msg.add_argument("sector")
+    msg.add_argument("words", nargs="+")
+    i = sub.add_parser("info")
+    i.add_argument("name", nargs="?")
+    i.add_argument("-c", "--columns", action="store_true")
+    i.add_argument("--noheadings", action="store_true")
+    for name in ("table", "status"):
+        t = sub.add_parser(name)
+        t.add_argument("name", nargs="?")
+        t.add_argument("--inactive", action="store_true")
+        t.add_argument("--target")
+        if name == "table":
+            t.add_argument("--showkeys", action="store_true")
+    ls = sub.add_parser("ls")
+    ls.add_argument("--target")
+    sub.add_parser("deps").add_argument("name", nargs="?")
+    w = sub.add_parser("wait")
+    w.add_argument("name")
+    w.add_argument("event_nr", nargs="?", default="0")
+    sub.add_parser("targets")
+    sub.add_parser("version")
+    return p
+
+
+def _read_table(args: argparse.Namespace) -> str | None:
+    if getattr(args, "notable", False):
+        return None
+    if args.table is not None:
+        return str(args.table)
+    if args.file is not None:
+        with open(args.file, encoding="utf-8") as fh:
+            return fh.read()
+    text = sys.stdin.read() if not sys.stdin.isatty() else ""
+    return text if text.strip() or args.command != "create" else None
+
+
+def _emit(args: argparse.Namespace, result: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        sys.stdout.write(text)
+
+
+def _device_command(args: argparse.Namespace) -> None:
+    sock = find_socket(args.mountpoint)
+    cmd = args.command
+    cwd = os.getcwd()
+    named = getattr(args, "name", None) is not None
+    if cmd == "create":
+        table = _read_table(args)
+        result = request(
+            sock,
+            "create",
+            {
+                "name": args.name,
+                "table": table,
+                "cwd": cwd,
+                "readonly": args.readonly,
+                "uuid": args.uuid,
+            },
+        )
+        _emit(args, result, "")
+    elif cmd in ("load", "reload"):
+        table = _read_table(args)
+        if table is None:
+            raise DmError("no table given")
+        _emit(
+            args,
+            request(
+                sock,
+                "load",
+                {"name": args.name, "table": table, "cwd": cwd, "readonly": args.readonly},
+            ),
+            "",
+        )
+    elif cmd in ("resume", "clear"):
+        _emit(args, request(sock, cmd, {"name": args.name}), "")
+    elif cmd == "suspend":
+        _emit(args, request(sock, "suspend", {"name": args.name, "noflush": args.noflush}), "")
+    elif cmd == "remove":
+        result = request(
+            sock, "remove", {"name": args.name, "force": args.force, "deferred": args.deferred}
+        )
+        _emit(args, result, "")
+    elif cmd == "rename":
+        if args.setuuid is None and args.new_name is None:
+            raise DmError("rename needs a new name or --setuuid")
+        _emit(
+            args,
+            request(
+                sock,
+                "rename",
+                {"name": args.name, "new_name": args.new_name, "setuuid": args.setuuid},
+            ),
+            "",
+        )
+    elif cmd == "message":
+        reply = request(
+            sock,
+            "message",
+            {"name": args.name, "sector": int(args.sector), "message": " ".join(args.words)},
+        )
+        text = "" if not reply else reply if reply.endswith("\n") else reply + "\n"
+        _emit(args, reply, text)
+    elif cmd == "info":
+        infos = request(sock, "info", {"name": args.name})
+        text = (
+            output.info_columns(infos, headings=not args.noheadings)
+            if args.columns
+            else output.info_long(infos)
+        )
+        _emit(args, infos, text)
+    elif cmd == "table":
+        res = request(
+            sock,
+            "table",
+            {
+                "name": args.name,
+                "inactive": args.inactive,
+                "showkeys": args.showkeys,
+                "target": args.target,
+            },
+        )
+        _emit(args, res, output.lines_report(res, named=named))
+    elif cmd == "status":
+        res = request(
+            sock, "status", {"name": args.name, "inactive": args.inactive, "target": args.target}
+        )
+        _emit(args, res, output.lines_report(res, named=named))
+    elif cmd == "ls":
+        res = request(sock, "ls", {"target": args.target})
+        _emit(args, res, output.ls(res, by_target=args.target is not None))
+    elif cmd == "deps":
+        res = request(sock, "deps", {"name": args.name})
+        _emit(args, res, output.deps(res, named=named))
+    elif cmd == "wait":
+        _emit(args, request(sock, "wait", {"name": args.name, "event_nr": int(args.event_nr)}), "")
+    elif cmd == "targets":
+        res = request(sock, "targets", {})
+        _emit(args, res, output.targets(res))
+    elif cmd == "version":
+        res = request(sock, "version", {})
+        _emit(args, res, output.version(res))
+
+
+def _mount(args: argparse.Namespace) -> int:
+    if args.foreground or args.debug:
+        from dmfuse.main_daemon import run_foreground  # pyfuse3 is imported only to mount
+
+        return run_foreground(args)
+    return _mount_background(args)
+
+
+def _mount_background(args: argparse.Namespace) -> int:
+    """Start the daemon detached and wait until it is serving (or report why it is not)."""
+    read_fd, write_fd = os.pipe()
+    log_file = args.log or os.path.join(
+        runtime_dir(), os.path.basename(socket_path(args.mountpoint_dir))[:-5] + ".log"
+    )
+    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dmfuse",
+        "mount",
+        "-f",
+        "--ready-fd",
+        str(write_fd),
+        "--log",
+        log_file,
+        args.tabledir,
+        args.mountpoint_dir,
+    ]
+    if args.options:
+        cmd[5:5] = ["-o", args.options]
+    with open(os.devnull, "rb") as devnull:
+        subprocess.Popen(
+            cmd,
+            stdin=devnull,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            close_fds=True,
+        )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as ready:
+        message = ready.read().decode(errors="replace").strip()
+    if message != "ok":
+        raise DmError(message or f"the daemon exited before mounting (see {log_file})")
+    return 0
+
+
+def _umount(args: argparse.Namespace) -> int:
+    mountpoint = os.path.realpath(args.mountpoint_dir)
+    path = socket_path(mountpoint)
+    if os.path.exists(path):
+        with contextlib.suppress(DmError):  # already going away
+            request(path, "shutdown", {})
+        deadline = time.monotonic() + 60
+        while os.path.ismount(mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if os.path.ismount(mountpoint):
+        subprocess.run(["fusermount3", "-u", mountpoint], check=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    name = getattr(args, "name", None) or getattr(args, "mountpoint_dir", None)
+    what = f"{args.command} {name}" if name else args.command
+    try:
+        if args.command == "mount":
+            return _mount(args)
+        if args.command == "umount":
+            return _umount(args)
+        _device_command(args)
+        return 0
+    except DmError as exc:
+        print(f"dmfuse: {what} failed: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dmfuse: {what} failed: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    logging.basicConfig()
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The mount daemon: bring up the table directory, serve FUSE and the control socket.  EDGE.
+
+Shutdown is the same whichever way it is asked for (SIGINT/SIGTERM, ``dmfuse umount``,
+``fusermount3 -u``): requests held by suspended devices fail with EIO, the FUSE loop ends after
+in-flight requests complete, then every device is flushed and every backend closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+import trio
+
+from dmfuse.control.protocol import socket_path
+from dmfuse.control.server import ControlServer
+from dmfuse.engine.manager import Manager
+from dmfuse.errors import DmError, TableError
+from dmfuse.fuse import DeviceFiles
+from dmfuse.tabledir import TableDir, bring_up_order
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(
+        self, tabledir: str, mountpoint: str, *, allow_other: bool = False, debug: bool = False
+    ) -> None:
+        self.tables = TableDir(tabledir)
+        self.mountpoint = os.path.realpath(mountpoint)
+        self.manager = Manager(mountpoint=self.mountpoint)
+        self.files = DeviceFiles(self.manager)
+        self.manager.listener = self.files
+        self.allow_other = allow_other
+        self.debug = debug
+        self._stopping = False
+
+    async def bring_up(self) -> None:
+        """Create every device of the table directory, or none (and raise)."""
+        files = self.tables.read_all()
+        try:
+            for f in bring_up_order(files, self.mountpoint):
+                try:
+                    await self.manager.create(
+                        f.name,
+                        f.text or None,
+                        readonly=f.readonly,
+                        uuid=f.uuid,
+                        cwd=self.tables.path,
+                    )
+                except DmError as exc:
+                    raise TableError(f"{f.name}{'.table'}: {exc.message}") from None
+        except BaseException:
+            await self.manager.shutdown()
+            raise
+        self.manager.store = self.tables
+
+    async def run(self, ready: Callable[[str | None], None]) -> None:
+        if not os.path.isdir(self.mountpoint):
+            raise DmError(f"mountpoint {self.mountpoint} is not a directory")
+        await self.bring_up()
+        options = {"fsname=dmfuse", "subtype=dmfuse", "default_permissions"}
+        if self.allow_other:
+            options.add("allow_other")
+        if self.debug:
+            options.add("debug")
+        try:
+            pyfuse3.init(self.files, self.mountpoint, options)
+        except RuntimeError as exc:
+            await self.manager.shutdown()
+            raise DmError(f"mounting {self.mountpoint} failed: {exc}") from None
+        self.files.mounted = True
+        server = ControlServer(
+            self.manager, socket_path(self.mountpoint), extra={"shutdown": self._shutdown_command}
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.serve)
+                nursery.start_soon(self._watch_signals)
+                ready(None)
+                await pyfuse3.main(min_tasks=4, max_tasks=64)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.files.mounted = False
+            await self.manager.shutdown()
+            pyfuse3.close(unmount=True)
+
+    def stop(self) -> None:
+        """Begin shutdown: fail held I/O, end the FUSE loop."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for device in self.manager.devices.values():
+            if device.suspended:
+                device.fail_held()
+        pyfuse3.terminate()
+
+    async def _shutdown_command(self, manager: Manager, args: dict[str, Any]) -> str:
+        self.stop()
+        return "stopping"
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("signal %d: unmounting %s", signum, self.mountpoint)
+                self.stop()

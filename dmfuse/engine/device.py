@@ -1,0 +1,237 @@
+"""One mapped device: live and inactive tables, the suspend gate, in-flight and open counts.
+
+Admission of a request (check the gate, take the live table, count it in flight) has no
+``await`` inside it, so a table swap can never see half-admitted I/O.  Suspend installs a gate
+(new requests wait on it), waits for in-flight requests to drain and flushes unless told not
+to; resume swaps the staged table in while nothing is in flight, reports the new size and opens
+the gate, and the held requests continue against the new table.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+
+import trio
+
+from dmfuse.engine.loaded import LoadedTable
+from dmfuse.errors import DmError, InvalidArgument, IOFailure, ReadOnlyDevice
+from dmfuse.lifecycle import DeviceState, Plan, plan_resume, plan_suspend
+
+log = logging.getLogger(__name__)
+
+
+class Device:
+    """A dm device.  Byte offsets throughout; sectors only in table text."""
+
+    def __init__(self, name: str, uuid: str, minor: int) -> None:
+        self.name = name
+        self.uuid = uuid
+        self.minor = minor
+        self.live: LoadedTable | None = None
+        self.inactive: LoadedTable | None = None
+        self.suspended = False
+        self.readonly = False
+        self.open_count = 0
+        self.deferred_remove = False
+        self.event_nr = 0
+        self.inflight = 0
+        self._gate: trio.Event | None = None
+        self._idle: trio.Event | None = None
+        self._event = trio.Event()
+        self.closing = False
+        self.on_resize: Callable[[Device], None] = lambda device: None
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        live = self.live
+        return live.size if live is not None else 0
+
+    def state(self) -> DeviceState:
+        return DeviceState(
+            has_live=self.live is not None,
+            has_inactive=self.inactive is not None,
+            suspended=self.suspended,
+            open_count=self.open_count,
+            has_uuid=bool(self.uuid),
+        )
+
+    def raise_event(self) -> None:
+        """A dm table event: bump ``event_nr`` and wake ``wait`` callers."""
+        self.event_nr = (self.event_nr + 1) & 0xFFFFFFFF
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_event(self, event_nr: int) -> int:
+        while self.event_nr == event_nr:
+            await self._event.wait()
+        return self.event_nr
+
+    # -- admission ---------------------------------------------------------------------------
+    async def _admit(self) -> LoadedTable:
+        while self._gate is not None:
+            await self._gate.wait()
+        live = self.live
+        if live is None or self.closing:
+            raise IOFailure(f"{self.name}: no live table")
+        self.inflight += 1
+        return live
+
+    def _done(self) -> None:
+        self.inflight -= 1
+        if not self.inflight and self._idle is not None:
+            self._idle.set()
+
+    # -- I/O ---------------------------------------------------------------------------------
+    async def read(self, offset: int, size: int) -> bytearray:
+        """Read up to ``size`` bytes; a read at or past the end returns fewer (EOF, like a file)."""
+        live = await self._admit()
+        try:
+            end = live.size
+            if offset >= end or size <= 0:
+                return bytearray()
+            buf = bytearray(min(size, end - offset))
+            await live.read(offset, memoryview(buf))
+            return buf
+        finally:
+            self._done()
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` exactly (used by stacked devices: short is an error, as for a disk)."""
+        live = await self._admit()
+        try:
+            if offset + len(buf) > live.size:
+                raise IOFailure(f"{self.name}: access beyond end of device")
+            await live.read(offset, buf)
+        finally:
+            self._done()
+
+    async def write(self, offset: int, data: memoryview, *, exact: bool = False) -> int:
+        """Write ``data``; past the end it is cut short, at the end it is ENOSPC (a disk)."""
+        live = await self._admit()
+        try:
+            if live.readonly:
+                raise ReadOnlyDevice(f"{self.name}: device is read-only")
+            end = live.size
+            if offset + len(data) > end:
+                if exact:
+                    raise IOFailure(f"{self.name}: access beyond end of device")
+                if offset >= end:
+                    raise DmError(f"{self.name}: no space left on device", errno.ENOSPC)
+                data = data[: end - offset]
+            await live.write(offset, data)
+            return len(data)
+        finally:
+            self._done()
+
+    async def flush(self) -> None:
+        live = await self._admit()
+        try:
+            await live.flush()
+        finally:
+            self._done()
+
+    async def discard(self, offset: int, length: int, *, zero_fill: bool = False) -> None:
+        """Punch-hole (``zero_fill=False``) or zero-range; the range must lie inside the device."""
+        live = await self._admit()
+        try:
+            if live.readonly:
+                raise ReadOnlyDevice(f"{self.name}: device is read-only")
+            if offset + length > live.size:
+                raise InvalidArgument(f"{self.name}: range beyond end of device")
+            if length == 0:
+                return
+            if zero_fill:
+                await live.write_zeroes(offset, length)
+            else:
+                await live.discard(offset, length)
+        finally:
+            self._done()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def suspend(self, *, noflush: bool = False) -> None:
+        if plan_suspend(self.state()) is Plan.NOOP:
+            self.suspended = True
+            if self._gate is None:
+                self._gate = trio.Event()
+            return
+        live = self.live
+        assert live is not None
+        for target in live.targets:
+            await target.presuspend()
+        self._gate = trio.Event()
+        self.suspended = True
+        try:
+            if self.inflight:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        except BaseException:
+            self._reopen()  # interrupted (the client went away): undo, as dm does on a signal
+            raise
+        finally:
+            self._idle = None
+        if not noflush:
+            await live.flush()
+        for target in live.targets:
+            await target.postsuspend()
+
+    def fail_held(self) -> None:
+        """Shutdown of a suspended device: held and new requests fail with EIO."""
+        self.closing = True
+        self._reopen()
+
+    def _reopen(self) -> None:
+        self.suspended = False
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.set()
+
+    async def resume(self) -> None:
+        plan = plan_resume(self.state())
+        if plan is Plan.NOOP:
+            return
+        if plan is Plan.SWAP:
+            new = self.inactive
+            assert new is not None
+            self.inactive = None
+            try:
+                new.check_fits()  # before suspending: a table that does not fit changes nothing
+            except DmError:
+                await new.destroy()
+                raise
+            if not self.suspended:
+                await self.suspend()
+            old, self.live = self.live, new
+            self.readonly = new.readonly
+            if old is None or old.size != new.size:
+                self.on_resize(self)
+            if old is not None:
+                await old.destroy()
+        live = self.live
+        if live is not None:
+            for target in live.targets:
+                await target.preresume()  # may veto: the device stays suspended
+        self._reopen()
+        if live is not None:
+            for target in live.targets:
+                await target.resume()
+
+    async def load(self, table: LoadedTable) -> None:
+        old, self.inactive = self.inactive, table
+        if old is not None:
+            await old.destroy()
+
+    async def clear(self) -> None:
+        old, self.inactive = self.inactive, None
+        if old is not None:
+            await old.destroy()
+
+    async def destroy(self) -> None:
+        """Drop both tables (remove).  Held I/O is failed: the gate opens onto no table."""
+        for table in (self.inactive, self.live):
+            if table is not None:
+                await table.destroy()
+        self.inactive = self.live = None
+        self._reopen()

@@ -1,0 +1,391 @@
+"""The dm-ioctl command set over a mount's devices.
+
+Each public coroutine is one dmsetup command and either completes or raises a :class:`DmError`
+having changed nothing (a failed ``create`` leaves no device, a failed ``load`` leaves the
+inactive slot as it was, a failed ``resume`` leaves the old table live).  Results are plain data
+(dicts, lists, strings) that :mod:`dmfuse.output` formats and ``--json`` prints as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import trio
+
+from dmfuse import __version__, targets  # noqa: F401  (registers the targets)
+from dmfuse.backends.mapped import MAPPED_MAJOR
+from dmfuse.engine.device import Device
+from dmfuse.engine.loaded import LoadedTable
+from dmfuse.engine.opener import BackendPool, TableOpener
+from dmfuse.errors import DeviceBusy, DmError, InvalidArgument, NoSuchDevice, TableError
+from dmfuse.lifecycle import (
+    Plan,
+    check_name,
+    check_uuid,
+    plan_message,
+    plan_remove,
+    plan_set_uuid,
+)
+from dmfuse.table import SECTOR_SIZE, parse_table, split_args
+from dmfuse.target import lookup, registered
+
+log = logging.getLogger(__name__)
+
+DRIVER_VERSION = "4.48.0"
+READ_AHEAD = 256
+
+
+class Listener(Protocol):
+    """What the FUSE layer and the table directory want to hear about."""
+
+    def device_added(self, device: Device) -> None: ...
+    def device_removed(self, device: Device) -> None: ...
+    def device_renamed(self, device: Device, old_name: str) -> None: ...
+    def device_resized(self, device: Device) -> None: ...
+
+
+class Store(Protocol):
+    """Where live tables are written back (the table directory)."""
+
+    def save(self, name: str, uuid: str, readonly: bool, lines: Sequence[str] | None) -> None: ...
+    def delete(self, name: str) -> None: ...
+
+
+class NullListener:
+    def device_added(self, device: Device) -> None: ...
+    def device_removed(self, device: Device) -> None: ...
+    def device_renamed(self, device: Device, old_name: str) -> None: ...
+    def device_resized(self, device: Device) -> None: ...
+
+
+class Manager:
+    def __init__(
+        self, *, mountpoint: str = "", store: Store | None = None, listener: Listener | None = None
+    ) -> None:
+        self.mountpoint = mountpoint
+        self.store = store
+        self.listener: Listener = listener or NullListener()
+        self.devices: dict[str, Device] = {}
+        self.pool = BackendPool()
+        self._lock = trio.Lock()  # commands run one at a time, like dm's ioctl locking
+
+    # -- lookup ------------------------------------------------------------------------------
+    def get(self, name: str) -> Device:
+        device = self.devices.get(name)
+        if device is None:
+            raise NoSuchDevice(f"{name}: No such device or address")
+        return device
+
+    def by_uuid(self, uuid: str) -> Device:
+        for device in self.devices.values():
+            if device.uuid == uuid:
+                return device
+        raise NoSuchDevice(f"uuid {uuid}: No such device or address")
+
+    def _by_minor(self, minor: int) -> Device | None:
+        return next((d for d in self.devices.values() if d.minor == minor), None)
+
+    def _free_minor(self) -> int:
+        used = {d.minor for d in self.devices.values()}
+        return next(m for m in range(len(used) + 1) if m not in used)
+
+    # -- building tables ---------------------------------------------------------------------
+    async def build(self, owner: str, text: str, *, readonly: bool, cwd: str) -> LoadedTable:
+        """Parse and construct a whole table; on any error release everything and raise."""
+        lines = parse_table(text)
+        opener = TableOpener(
+            self.pool,
+            owner=owner,
+            readonly=readonly,
+            cwd=cwd,
+            mountpoint=self.mountpoint,
+            lookup=self.devices.get,
+            by_minor=self._by_minor,
+        )
+        built = []
+        try:
+            for line in lines:
+                cls = lookup(line.target_type)
+                try:
+                    built.append(await cls.construct(opener, line.length * SECTOR_SIZE, line.args))
+                except DmError as exc:
+                    raise TableError(f"line {line.lineno}: {line.target_type}: {exc}") from None
+        except BaseException:
+            for target in built:
+                await target.destroy()
+            await opener.abandon()
+            raise
+        return LoadedTable(lines, built, opener.opened, readonly, self.pool.release)
+
+    # -- commands ----------------------------------------------------------------------------
+    async def create(
+        self,
+        name: str,
+        table: str | None,
+        *,
+        readonly: bool = False,
+        uuid: str = "",
+        cwd: str = "/",
+    ) -> dict[str, Any]:
+        async with self._lock:
+            check_name(name)
+            check_uuid(uuid)
+            if name in self.devices:
+                raise DeviceBusy(f"{name}: device already exists")
+            if uuid and any(d.uuid == uuid for d in self.devices.values()):
+                raise DeviceBusy(f"uuid {uuid} already in use")
+            device = Device(name, uuid, self._free_minor())
+            device.on_resize = self.listener.device_resized
+            if table is not None:
+                loaded = await self.build(name, table, readonly=readonly, cwd=cwd)
+                await device.load(loaded)
+                try:
+                    await device.resume()
+                except BaseException:
+                    await device.destroy()
+                    raise
+            self.devices[name] = device
+            self.listener.device_added(device)
+            self._save(device)
+            return self._info(device)
+
+    async def load(self, name: str, table: str, *, readonly: bool = False, cwd: str = "/") -> None:
+        async with self._lock:
+            device = self.get(name)
+            loaded = await self.build(name, table, readonly=readonly, cwd=cwd)
+            await device.load(loaded)
+
+    async def resume(self, name: str) -> None:
+        async with self._lock:
+            device = self.get(name)
+            swapping = device.inactive is not None
+            await device.resume()
+            if swapping:
+                self._save(device)
+
+    async def suspend(self, name: str, *, noflush: bool = False) -> None:
+        device = self.get(name)  # not under the lock: suspend may wait long for in-flight I/O
+        await device.suspend(noflush=noflush)
+
+    async def clear(self, name: str) -> None:
+        async with self._lock:
+            await self.get(name).clear()
+
+    async def remove(self, name: str, *, force: bool = False, deferred: bool = False) -> str:
+        """Returns ``removed`` or ``deferred``."""
+        async with self._lock:
+            device = self.get(name)
+            if force and device.open_count and not deferred:
+                await self._wipe(device)
+            plan = plan_remove(device.state(), deferred=deferred)
+            if plan is Plan.DEFER_REMOVE:
+                device.deferred_remove = True
+                return "deferred"
+            await self._remove(device)
+            return "removed"
+
+    async def _wipe(self, device: Device) -> None:
+        """``dmsetup wipe_table``: an error target over the whole size, resumed without flush."""
+        size = device.size // SECTOR_SIZE
+        if size:
+            await device.load(
+                await self.build(device.name, f"0 {size} error", readonly=False, cwd="/")
+            )
+        await device.suspend(noflush=True)
+        await device.resume()
+        self._save(device)
+
+    async def _remove(self, device: Device) -> None:
+        for other in self.devices.values():
+            if other is not device and any(
+                device.name in b.depends_on()
+                for t in (other.live, other.inactive)
+                if t is not None
+                for b in t.backends
+            ):
+                raise DeviceBusy(f"{device.name}: device is in use by {other.name}")
+        del self.devices[device.name]
+        await device.destroy()
+        self.listener.device_removed(device)
+        if self.store is not None:
+            self.store.delete(device.name)
+
+    async def closed(self, device: Device) -> None:
+        """Last opener went away: carry out a deferred remove."""
+        if (
+            device.deferred_remove
+            and device.open_count == 0
+            and self.devices.get(device.name) is device
+        ):
+            async with self._lock:
+                await self._remove(device)
+
+    async def rename(self, name: str, new_name: str) -> None:
+        async with self._lock:
+            device = self.get(name)
+            check_name(new_name)
+            if new_name in self.devices:
+                raise DeviceBusy(f"{new_name}: device already exists")
+            del self.devices[name]
+            device.name = new_name
+            self.devices[new_name] = device
+            if device.live is not None:
+                device.raise_event()
+            self.listener.device_renamed(device, name)
+            if self.store is not None:
+                self.store.delete(name)
+            self._save(device)
+
+    async def set_uuid(self, name: str, uuid: str) -> None:
+        async with self._lock:
+            device = self.get(name)
+            plan_set_uuid(device.state())
+            check_uuid(uuid)
+            if any(d.uuid == uuid for d in self.devices.values()):
+                raise DeviceBusy(f"uuid {uuid} already in use")
+            device.uuid = uuid
+            self._save(device)
+
+    async def message(self, name: str, sector: int, text: str) -> str | None:
+        device = self.get(name)
+        argv = split_args(text)
+        if not argv:
+            raise InvalidArgument("empty message")
+        live = device.live
+        index = live.layout.index_of_sector(sector) if live is not None else -1
+        plan_message(device.state(), index)
+        assert live is not None
+        return await live.targets[index].message(argv)
+
+    async def wait(self, name: str, event_nr: int) -> dict[str, Any]:
+        device = self.get(name)
+        await device.wait_event(event_nr)
+        return self._info(device)
+
+    # -- reports -----------------------------------------------------------------------------
+    def _info(self, device: Device, *, inactive: bool = False) -> dict[str, Any]:
+        table = device.inactive if inactive else device.live
+        return {
+            "name": device.name,
+            "uuid": device.uuid,
+            "major": MAPPED_MAJOR,
+            "minor": device.minor,
+            "suspended": device.suspended,
+            "readonly": device.readonly,
+            "deferred_remove": device.deferred_remove,
+            "live": device.live is not None,
+            "inactive": device.inactive is not None,
+            "open_count": device.open_count,
+            "event_nr": device.event_nr,
+            "read_ahead": READ_AHEAD,
+            "targets": len(table.targets) if table is not None else None,
+            "size": device.size,
+        }
+
+    def _selected(self, name: str | None) -> list[Device]:
+        if name is not None:
+            return [self.get(name)]
+        return list(self.devices.values())
+
+    def info(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [self._info(d) for d in self._selected(name)]
+
+    def table(
+        self,
+        name: str | None = None,
+        *,
+        inactive: bool = False,
+        showkeys: bool = False,
+        target: str | None = None,
+    ) -> list[dict[str, Any]]:
+        out = []
+        for device in self._selected(name):
+            loaded = device.inactive if inactive else device.live
+            lines = loaded.table_lines(showkeys) if loaded is not None else []
+            out.append({"name": device.name, "lines": _only(lines, target)})
+        return out
+
+    def status(
+        self, name: str | None = None, *, inactive: bool = False, target: str | None = None
+    ) -> list[dict[str, Any]]:
+        out = []
+        for device in self._selected(name):
+            loaded = device.inactive if inactive else device.live
+            lines = loaded.status_lines() if loaded is not None else []
+            out.append({"name": device.name, "lines": _only(lines, target)})
+        return out
+
+    def deps(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for device in self._selected(name):
+            found: dict[str, Any] = {}
+            if device.live is not None:
+                for backend in device.live.backends:
+                    found.setdefault(
+                        backend.display, {"name": backend.display, "devno": backend.devno}
+                    )
+            out.append({"name": device.name, "deps": list(found.values())})
+        return out
+
+    def ls(self, target: str | None = None) -> list[dict[str, Any]]:
+        return [
+            {"name": d.name, "major": MAPPED_MAJOR, "minor": d.minor}
+            for d in sorted(self.devices.values(), key=lambda d: d.name)
+            if target is None
+            or (d.live is not None and any(ln.target_type == target for ln in d.live.lines))
+        ]
+
+    @staticmethod
+    def targets() -> list[dict[str, Any]]:
+        return [{"name": cls.name, "version": list(cls.version)} for cls in registered()]
+
+    @staticmethod
+    def version() -> dict[str, str]:
+        return {"library": f"dmfuse {__version__}", "driver": DRIVER_VERSION}
+
+    # -- shutdown and persistence ------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Unmount: let in-flight I/O finish, flush every live table, close every backend."""
+        for device in _top_down(self.devices):
+            try:
+                if device.live is not None and not device.suspended:
+                    await device.suspend()
+            except Exception:
+                log.exception("flushing %s at shutdown failed", device.name)
+        for device in _top_down(self.devices):
+            await device.destroy()
+        self.devices.clear()
+
+    def _save(self, device: Device) -> None:
+        if self.store is None:
+            return
+        lines = device.live.table_lines(showkeys=True) if device.live is not None else None
+        self.store.save(device.name, device.uuid, device.readonly, lines)
+
+
+def _only(lines: list[str], target: str | None) -> list[str]:
+    if target is None:
+        return lines
+    return [ln for ln in lines if ln.split(" ", 3)[2] == target]
+
+
+def _top_down(devices: dict[str, Device]) -> list[Device]:
+    """Devices ordered so that a device comes before the devices it stacks on."""
+    order: list[Device] = []
+    seen: set[str] = set()
+
+    def visit(dev: Device) -> None:
+        if dev.name in seen:
+            return
+        seen.add(dev.name)
+        for other in devices.values():
+            for table in (other.live, other.inactive):
+                if table is not None and any(dev.name in b.depends_on() for b in table.backends):
+                    visit(other)
+        order.append(dev)
+
+    for dev in list(devices.values()):
+        visit(dev)
+    return order

@@ -1,0 +1,148 @@
+"""Resolving the device arguments of a table line to opened, shared backends.
+
+A device argument is one of (dm-spec §1.5 and the project's stacking rule):
+* ``/dev/mapper/NAME`` or ``MOUNTPOINT/NAME`` — another device of this mount, in process;
+* ``253:MINOR`` — the same, by the number ``ls`` shows;
+* ``MAJOR:MINOR`` — a block device of the host (found through ``/sys/dev/block``);
+* a path to a regular file or block device; relative paths resolve against the caller's
+  directory (the table directory for table files, the client's cwd for the CLI).
+The same file used twice (in one table or several) is opened once and reference counted, so a
+flush syncs it once.  Opening a table that would stack a device on itself is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from dmfuse.backends.base import Backend
+from dmfuse.backends.file import FileBackend
+from dmfuse.backends.mapped import MAPPED_MAJOR, MappedBackend
+from dmfuse.engine.device import Device
+from dmfuse.errors import TableError
+
+_DEVNO = re.compile(r"([0-9]+):([0-9]+)\Z")
+
+
+class BackendPool:
+    """The mount's opened files, shared between tables (key: inode and access mode)."""
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[int, int, bool], FileBackend] = {}
+
+    def open_file(self, path: str, display: str, writable: bool) -> FileBackend:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise TableError(f"Device lookup failed: {display}: {exc.strerror}") from None
+        key = (st.st_dev, st.st_ino, writable)
+        backend = self._files.get(key)
+        if backend is None:
+            try:
+                backend = FileBackend(path, display, writable=writable)
+            except OSError as exc:
+                raise TableError(f"Device lookup failed: {display}: {exc.strerror}") from None
+            backend.key = key  # type: ignore[attr-defined]
+            self._files[key] = backend
+        backend.refs += 1
+        return backend
+
+    async def release(self, backend: Backend) -> None:
+        backend.refs -= 1
+        if backend.refs > 0:
+            return
+        key = getattr(backend, "key", None)
+        if key is not None:
+            self._files.pop(key, None)
+        await backend.close()
+
+
+class TableOpener:
+    """The :class:`DeviceOpener` handed to constructors while one table is built."""
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        *,
+        owner: str,
+        readonly: bool,
+        cwd: str,
+        mountpoint: str,
+        lookup: Callable[[str], Device | None],
+        by_minor: Callable[[int], Device | None],
+    ) -> None:
+        self.pool = pool
+        self.owner = owner
+        self.readonly = readonly
+        self.cwd = cwd
+        self.mountpoint = mountpoint.rstrip("/")
+        self._lookup = lookup
+        self._by_minor = by_minor
+        self.opened: list[Backend] = []
+
+    def open(self, spec: str) -> Backend:
+        device = self._mapped_device(spec)
+        if device is not None:
+            self._check_cycle(device)
+            backend: Backend = MappedBackend(device, spec)
+            backend.refs = 1
+        else:
+            path = self._host_path(spec)
+            # A file prints as its absolute path so ``table`` output loads from any directory.
+            backend = self.pool.open_file(path, path, writable=not self.readonly)
+        self.opened.append(backend)
+        return backend
+
+    def _mapped_device(self, spec: str) -> Device | None:
+        name = None
+        if spec.startswith("/dev/mapper/"):
+            name = spec[len("/dev/mapper/") :]
+        elif self.mountpoint and spec.startswith(self.mountpoint + "/"):
+            name = spec[len(self.mountpoint) + 1 :]
+        elif (m := _DEVNO.match(spec)) and int(m.group(1)) == MAPPED_MAJOR:
+            device = self._by_minor(int(m.group(2)))
+            if device is None:
+                raise TableError(f"Device lookup failed: {spec}: no such dmfuse device")
+            return device
+        if name is None:
+            return None
+        device = self._lookup(name)
+        if device is None:
+            raise TableError(f"Device lookup failed: {spec}: no such dmfuse device")
+        return device
+
+    def _host_path(self, spec: str) -> str:
+        m = _DEVNO.match(spec)
+        if m:
+            link = Path(f"/sys/dev/block/{spec}")
+            if not link.exists():
+                raise TableError(f"Device lookup failed: {spec}: no such block device")
+            return "/dev/" + link.resolve().name
+        return os.path.normpath(os.path.join(self.cwd, spec))
+
+    def _check_cycle(self, device: Device) -> None:
+        seen: set[str] = set()
+        stack = [device]
+        while stack:
+            dev = stack.pop()
+            if dev.name == self.owner:
+                raise TableError(
+                    f"{device.name}: stacking would create a cycle through {self.owner}"
+                )
+            if dev.name in seen:
+                continue
+            seen.add(dev.name)
+            for table in (dev.live, dev.inactive):
+                if table is None:
+                    continue
+                for backend in table.backends:
+                    if isinstance(backend, MappedBackend):
+                        stack.append(backend.device)
+
+    async def abandon(self) -> None:
+        """Release everything opened so far (a constructor failed)."""
+        for backend in self.opened:
+            await self.pool.release(backend)
+        self.opened = []

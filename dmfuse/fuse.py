@@ -1,0 +1,237 @@
+"""pyfuse3 glue: one flat directory whose regular files are the mapped devices.  EDGE.
+
+Only translation happens here: kernel requests become engine calls, :class:`DmError` and
+``OSError`` become ``FUSEError`` with the same errno, anything else is logged and answered EIO
+(an exception escaping a handler would kill pyfuse3's main loop and the mount with it).
+
+Device files are opened with ``direct_io``: a mapped device's data can change under the kernel
+(table swaps, suspend), so the page cache belongs to whoever sits on top (a loop device, a
+filesystem), not to us.  Attributes and names are never cached (timeouts 0), so a resize is
+visible to ``stat`` at once; the inode is also invalidated on resize for good measure.
+``fsync`` is a dm flush; ``flush`` (close) is not.  ``fallocate`` PUNCH_HOLE|KEEP_SIZE is a
+discard that must leave zeros, ZERO_RANGE is write-zeroes; both need the pyfuse3 patch in
+``patches/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from typing import Any
+
+import pyfuse3
+
+from dmfuse.engine.device import Device
+from dmfuse.engine.manager import Manager
+from dmfuse.errors import DmError
+
+log = logging.getLogger(__name__)
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+SEEK_DATA = 3
+SEEK_HOLE = 4
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+
+def _fuse_error(exc: BaseException) -> pyfuse3.FUSEError:
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc
+    if isinstance(exc, DmError):
+        return pyfuse3.FUSEError(exc.errno)
+    if isinstance(exc, OSError) and exc.errno:
+        return pyfuse3.FUSEError(exc.errno)
+    log.error("unexpected error in a FUSE handler", exc_info=exc)
+    return pyfuse3.FUSEError(errno.EIO)
+
+
+class DeviceFiles(pyfuse3.Operations):  # type: ignore[misc]
+    """The mount's directory.  Also the manager's listener for name and size changes."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, manager: Manager) -> None:
+        super().__init__()
+        self.manager = manager
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.started = time.time_ns()
+        self._inodes: dict[int, Device] = {}
+        self._inode_of: dict[int, int] = {}  # id(device) -> inode
+        self._next_inode = pyfuse3.ROOT_INODE + 1
+        self._handles: dict[int, Device] = {}
+        self._next_fh = 1
+        self.mounted = False
+
+    # -- listener ----------------------------------------------------------------------------
+    def device_added(self, device: Device) -> None:
+        inode = self._next_inode
+        self._next_inode += 1
+        self._inodes[inode] = device
+        self._inode_of[id(device)] = inode
+
+    def device_removed(self, device: Device) -> None:
+        inode = self._inode_of.pop(id(device), None)
+        if inode is not None:
+            del self._inodes[inode]
+            self._invalidate_entry(device.name)
+
+    def device_renamed(self, device: Device, old_name: str) -> None:
+        self._invalidate_entry(old_name)
+
+    def device_resized(self, device: Device) -> None:
+        inode = self._inode_of.get(id(device))
+        if inode is not None and self.mounted:
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError as exc:  # ENOENT: the kernel does not know the inode yet
+                log.debug("invalidate_inode(%d): %s", inode, exc)
+
+    def _invalidate_entry(self, name: str) -> None:
+        if self.mounted:
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name.encode(), ignore_enoent=True)
+
+    # -- attributes --------------------------------------------------------------------------
+    def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.st_uid = self.uid
+        attr.st_gid = self.gid
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self.started
+        attr.attr_timeout = 0
+        attr.entry_timeout = 0
+        if inode == pyfuse3.ROOT_INODE:
+            attr.st_mode = stat.S_IFDIR | 0o755
+            attr.st_nlink = 2
+            return attr
+        device = self._device(inode)
+        attr.st_mode = stat.S_IFREG | (0o400 if device.readonly else 0o600)
+        attr.st_nlink = 1
+        attr.st_size = device.size
+        attr.st_blksize = 4096
+        attr.st_blocks = device.size // 512
+        return attr
+
+    def _device(self, inode: int) -> Device:
+        device = self._inodes.get(inode)
+        if device is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return device
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attr(inode)
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+        if parent_inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if name in (b".", b".."):
+            return self._attr(pyfuse3.ROOT_INODE)
+        device = self.manager.devices.get(os.fsdecode(name))
+        if device is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attr(self._inode_of[id(device)])
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        if fields.update_size:
+            raise pyfuse3.FUSEError(errno.EPERM)  # a device's size is its table's
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        return self._attr(inode)  # times: accepted and ignored, like a block device node
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        # The loop driver enables discard on a backing file only if statfs works on it.
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        total = sum(d.size for d in self.manager.devices.values()) // 4096
+        data.f_blocks = total
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = len(self.manager.devices) + 1
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 127
+        return data
+
+    # -- directory ---------------------------------------------------------------------------
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        if inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        entries = sorted((self._inode_of[id(d)], d.name) for d in self.manager.devices.values())
+        for inode, name in entries:
+            if inode <= start_id:
+                continue
+            if not pyfuse3.readdir_reply(token, name.encode(), self._attr(inode), inode):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # -- files -------------------------------------------------------------------------------
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        device = self._device(inode)
+        if flags & _WRITE_FLAGS and device.readonly:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = device
+        device.open_count += 1
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
+
+    async def release(self, fh: int) -> None:
+        device = self._handles.pop(fh, None)
+        if device is None:
+            return
+        device.open_count -= 1
+        try:
+            await self.manager.closed(device)
+        except Exception:
+            log.exception("deferred remove of %s failed", device.name)
+
+    async def flush(self, fh: int) -> None:
+        return None  # close(2) is not a dm flush
+
+    async def read(self, fh: int, off: int, size: int) -> bytearray:
+        try:
+            return await self._handles[fh].read(off, size)
+        except Exception as exc:
+            raise _fuse_error(exc) from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        try:
+            return await self._handles[fh].write(off, memoryview(buf))
+        except Exception as exc:
+            raise _fuse_error(exc) from None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        try:
+            await self._handles[fh].flush()
+        except Exception as exc:
+            raise _fuse_error(exc) from None
+
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        try:
+            device = self._handles[fh]
+            if mode & FALLOC_FL_PUNCH_HOLE:
+                if not mode & FALLOC_FL_KEEP_SIZE:
+                    raise pyfuse3.FUSEError(errno.EINVAL)
+                await device.discard(offset, length)
+            elif mode & FALLOC_FL_ZERO_RANGE:
+                await device.discard(offset, length, zero_fill=True)
+            else:
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # a block device cannot allocate
+        except Exception as exc:
+            raise _fuse_error(exc) from None
+
+    async def lseek(self, fh: int, offset: int, whence: int) -> int:
+        # Every byte of a mapped device is data: no holes to report, as for a block device.
+        size = self._handles[fh].size
+        if whence not in (SEEK_DATA, SEEK_HOLE):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if offset >= size:
+            raise pyfuse3.FUSEError(errno.ENXIO)
+        return offset if whence == SEEK_DATA else size

@@ -1,0 +1,56 @@
+"""Running the daemon in this process (``dmfuse mount -f``), reporting readiness to a parent."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import trio
+
+from dmfuse.daemon import Daemon
+from dmfuse.errors import DmError
+
+
+def run_foreground(args: argparse.Namespace) -> int:
+    level = logging.DEBUG if args.debug else logging.INFO
+    if args.log:
+        logging.basicConfig(
+            filename=args.log, level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+    else:
+        logging.basicConfig(level=level, format="dmfuse: %(levelname)s %(message)s")
+    ready_fd: int | None = args.ready_fd
+    reported = False
+
+    def ready(error: str | None) -> None:
+        nonlocal ready_fd, reported
+        reported = True
+        if ready_fd is not None:
+            os.write(ready_fd, (error or "ok").encode())
+            os.close(ready_fd)
+            ready_fd = None
+
+    options = {o for o in args.options.split(",") if o}
+    unknown = options - {"allow_other"}
+    if unknown:
+        msg = f"unknown mount option(s): {','.join(sorted(unknown))}"
+        ready(msg)
+        raise DmError(msg)
+    daemon = Daemon(
+        args.tabledir, args.mountpoint_dir, allow_other="allow_other" in options, debug=args.debug
+    )
+    try:
+        trio.run(daemon.run, ready)
+    except DmError as exc:
+        if not reported:
+            ready(f"mount {args.mountpoint_dir} failed: {exc.message}")
+        raise
+    except Exception as exc:
+        logging.exception("daemon failed")
+        if not reported:
+            ready(f"mount {args.mountpoint_dir} failed: {exc}")
+        print(f"dmfuse: mount failed: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,127 @@
+"""The table directory: the source of truth for what a mount brings up.  EDGE.
+
+Every ``NAME.table`` is a device.  The file holds dmsetup table lines; a first line
+``# dmfuse: readonly uuid=UUID`` (both parts optional) carries what ``create`` flags say.  Relative
+paths resolve against the directory.  Devices changed through the CLI are written back
+atomically (temporary file, fsync, rename, fsync of the directory), mode 0600 since a crypt
+table holds its key.  A table naming another device as ``/dev/mapper/NAME`` is brought up after
+that device; a cycle is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import attrs
+
+from dmfuse.errors import TableError
+
+SUFFIX = ".table"
+_HEADER = "# dmfuse:"
+_MAPPED_REF = re.compile(r"/dev/mapper/([^\s/]+)")
+
+
+@attrs.frozen
+class TableFile:
+    name: str
+    text: str  # empty: a device without a table (created with --notable)
+    readonly: bool
+    uuid: str
+
+
+def parse_file(name: str, content: str) -> TableFile:
+    readonly = False
+    uuid = ""
+    for line in content.splitlines():
+        if line.startswith(_HEADER):
+            for word in line[len(_HEADER) :].split():
+                if word == "readonly":
+                    readonly = True
+                elif word.startswith("uuid="):
+                    uuid = word[len("uuid=") :]
+    body = [ln for ln in content.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return TableFile(name, "\n".join(body), readonly, uuid)
+
+
+def render_file(uuid: str, readonly: bool, lines: Sequence[str] | None) -> str:
+    flags = " ".join(filter(None, ["readonly" if readonly else "", f"uuid={uuid}" if uuid else ""]))
+    header = f"{_HEADER} {flags}".rstrip() + "\n"
+    return header + "".join(ln.rstrip() + "\n" for ln in lines or [])
+
+
+def bring_up_order(files: Sequence[TableFile], mountpoint: str) -> list[TableFile]:
+    """Order so that stacked devices come after what they sit on; refuse cycles."""
+    by_name = {f.name: f for f in files}
+    mount_ref = (
+        re.compile(re.escape(mountpoint.rstrip("/")) + r"/([^\s/]+)") if mountpoint else None
+    )
+
+    def deps(f: TableFile) -> set[str]:
+        found = set(_MAPPED_REF.findall(f.text))
+        if mount_ref is not None:
+            found |= set(mount_ref.findall(f.text))
+        return {d for d in found if d in by_name}
+
+    order: list[TableFile] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(f: TableFile, path: list[str]) -> None:
+        if state.get(f.name) == 2:
+            return
+        if state.get(f.name) == 1:
+            cycle = " -> ".join([*path[path.index(f.name) :], f.name])
+            raise TableError(f"stacking cycle between tables: {cycle}")
+        state[f.name] = 1
+        for dep in sorted(deps(f)):
+            visit(by_name[dep], [*path, f.name])
+        state[f.name] = 2
+        order.append(f)
+
+    for f in sorted(files, key=lambda f: f.name):
+        visit(f, [])
+    return order
+
+
+class TableDir:
+    """Reads and atomically rewrites ``NAME.table`` files."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.realpath(path)
+
+    def read_all(self) -> list[TableFile]:
+        if not os.path.isdir(self.path):
+            raise TableError(f"table directory {self.path} does not exist")
+        out = []
+        for entry in sorted(os.listdir(self.path)):
+            if entry.endswith(SUFFIX) and not entry.startswith("."):
+                with open(os.path.join(self.path, entry), encoding="utf-8") as fh:
+                    out.append(parse_file(entry[: -len(SUFFIX)], fh.read()))
+        return out
+
+    def save(self, name: str, uuid: str, readonly: bool, lines: Sequence[str] | None) -> None:
+        final = os.path.join(self.path, name + SUFFIX)
+        tmp = os.path.join(self.path, f".{name}{SUFFIX}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, render_file(uuid, readonly, lines).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        self._sync_dir()
+
+    def delete(self, name: str) -> None:
+        try:
+            os.unlink(os.path.join(self.path, name + SUFFIX))
+        except FileNotFoundError:
+            return
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

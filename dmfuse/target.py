@@ -1,0 +1,162 @@
+"""The target contract and registry.
+
+A target is one table line's behaviour.  The class says what it is (``name``, ``version``) and
+what it can take (``limits``); ``construct`` parses the argument vector and opens the devices it
+sits on, raising :class:`TableError` naming the problem exactly like a kernel constructor setting
+``ti->error``.  I/O methods get *target-relative* byte ranges that the dispatcher already checked
+and split (never crossing the target's end or ``io_boundary``), so targets never re-validate.
+
+``status`` is the kernel's STATUSTYPE_INFO string, ``table`` its STATUSTYPE_TABLE string (which
+must feed back into ``load`` unchanged).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import ClassVar, Protocol
+
+import attrs
+
+from dmfuse.backends.base import Backend
+from dmfuse.errors import InvalidArgument, IOFailure, NotSupported, TableError
+
+
+@attrs.frozen
+class Limits:
+    """What the dispatcher needs to know to split and fan out requests to a target.
+
+    ``io_boundary`` (bytes, 0 = none) is the kernel's ``max_io_len``.  ``flush_bios`` /
+    ``discard_bios`` mirror ``num_flush_bios`` / ``num_discard_bios``: 0 means the target takes
+    no flush (fsync skips it) or no discard (a discard touching it fails with EOPNOTSUPP).
+    ``discard_zeroes``: after a discard the range reads as zeros (a punch-hole needs this).
+    ``write_zeroes``: has an efficient write-zeroes; otherwise zero buffers are written.
+    """
+
+    io_boundary: int = 0
+    flush_bios: int = 1
+    discard_bios: int = 1
+    discard_zeroes: bool = True
+    write_zeroes: bool = True
+
+
+class DeviceOpener(Protocol):
+    """What a constructor uses to open the devices it names (refcounted per table)."""
+
+    readonly: bool
+
+    def open(self, spec: str) -> Backend: ...
+
+
+class Flushed:
+    """The backends already flushed by one fsync: each distinct backend is synced once."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done: set[int] = set()
+
+    async def flush(self, backend: Backend) -> None:
+        key = id(backend)
+        if key in self.done:
+            return
+        self.done.add(key)
+        await backend.flush()
+
+
+class Target(abc.ABC):
+    """Base class: one mapped segment.  ``length`` is in bytes."""
+
+    name: ClassVar[str]
+    version: ClassVar[tuple[int, int, int]]
+    limits: Limits = Limits()
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    @classmethod
+    @abc.abstractmethod
+    async def construct(cls, opener: DeviceOpener, length: int, args: Sequence[str]) -> Target:
+        """Parse ``args``, open devices, return the target (raise :class:`TableError`)."""
+
+    async def read(self, offset: int, buf: memoryview) -> None:
+        raise IOFailure(f"{self.name}: read not supported")
+
+    async def write(self, offset: int, data: memoryview) -> None:
+        raise IOFailure(f"{self.name}: write not supported")
+
+    async def flush(self, flushed: Flushed) -> None:
+        for backend in self.devices():
+            await flushed.flush(backend)
+
+    async def discard(self, offset: int, length: int) -> None:
+        raise NotSupported(f"{self.name}: discard not supported")
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        zeros = memoryview(bytes(min(length, 1 << 20)))
+        end = offset + length
+        while offset < end:
+            n = min(len(zeros), end - offset)
+            await self.write(offset, zeros[:n])
+            offset += n
+
+    def status(self) -> str:
+        return ""
+
+    def table(self, showkeys: bool = False) -> str:
+        return ""
+
+    async def message(self, argv: Sequence[str]) -> str | None:
+        raise InvalidArgument(f"{self.name}: target does not accept messages")
+
+    def devices(self) -> list[Backend]:
+        """Everything this target sits on (``deps``, flush fan-out, resume size checks)."""
+        return []
+
+    def check_fits(self) -> None:
+        """Resume-time check that every mapped area lies inside its device (``TableError``)."""
+
+    async def presuspend(self) -> None:
+        """Before I/O is blocked: release anything held (delay), stop background work."""
+
+    async def postsuspend(self) -> None:
+        """After in-flight I/O drained: commit metadata."""
+
+    async def preresume(self) -> None:
+        """May veto a resume by raising (e.g. crypt without a key)."""
+
+    async def resume(self) -> None:
+        """After the table went live."""
+
+    async def destroy(self) -> None:
+        """Release target-private resources (devices are released by the table)."""
+
+
+def check_area(backend: Backend, offset: int, length: int) -> None:
+    """The kernel's ``device_area_is_invalid`` for one mapped area (all bytes)."""
+    size = backend.size()
+    if offset + length > size:
+        raise TableError(
+            f"{backend.display} too small for target: start={offset // 512}, "
+            f"len={length // 512}, dev_size={size // 512}"
+        )
+
+
+_REGISTRY: dict[str, type[Target]] = {}
+
+
+def register(cls: type[Target]) -> type[Target]:
+    """Class decorator: make a target known by its name (``dmsetup targets`` lists it)."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def lookup(name: str) -> type[Target]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise TableError(f"unknown target type {name!r}") from None
+
+
+def registered() -> list[type[Target]]:
+    return sorted(_REGISTRY.values(), key=lambda cls: cls.name)
