@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up everything dmfuse needs on a fresh Debian machine, idempotently:
+#   - Debian packages (FUSE 3, build tools for pyfuse3, fio, filesystem tools, qemu-storage-daemon)
+#   - a virtualenv in .venv with pyfuse3 built from its pinned sdist plus our fallocate/lseek patch
+#   - dmfuse itself (editable) with its test tools
+# Usage: scripts/setup.sh        (then use .venv/bin/dmfuse, .venv/bin/pytest)
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${DMFUSE_VENV:-$REPO/.venv}
+PY=${PYTHON:-python3}
+
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev fio e2fsprogs xfsprogs util-linux
+              qemu-system-common qemu-utils)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip 'setuptools>=78' wheel 2>&1 | grep -v '^WARNING: Location' || true
+"$REPO/scripts/build-pyfuse3.sh" "$VENV"
+"$VENV/bin/python" -m pip install -q -e "$REPO[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+"$VENV/bin/python" -c "import pyfuse3, dmfuse; assert hasattr(pyfuse3.Operations, 'fallocate')" \
+  || { echo "setup: pyfuse3 lacks the fallocate patch" >&2; exit 1; }
+echo "setup: ready ($VENV)"
