@@ -7,6 +7,7 @@ in-flight requests complete, then every device is flushed and every backend clos
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from dmfuse.control.protocol import socket_path
+from dmfuse.control.protocol import pid_path, socket_path
 from dmfuse.control.server import ControlServer
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError, TableError
@@ -62,6 +63,12 @@ class Daemon:
     async def run(self, ready: Callable[[str | None], None]) -> None:
         if not os.path.isdir(self.mountpoint):
             raise DmError(f"mountpoint {self.mountpoint} is not a directory")
+        # Paths are worked out before mounting: once mounted, a stat of the mountpoint from
+        # this process would wait for this process to answer it.
+        server = ControlServer(
+            self.manager, socket_path(self.mountpoint), extra={"shutdown": self._shutdown_command}
+        )
+        pidfile = pid_path(self.mountpoint)
         await self.bring_up()
         options = {"fsname=dmfuse", "subtype=dmfuse", "default_permissions"}
         if self.allow_other:
@@ -74,13 +81,11 @@ class Daemon:
             await self.manager.shutdown()
             raise DmError(f"mounting {self.mountpoint} failed: {exc}") from None
         self.files.mounted = True
-        server = ControlServer(
-            self.manager, socket_path(self.mountpoint), extra={"shutdown": self._shutdown_command}
-        )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.serve)
                 nursery.start_soon(self._watch_signals)
+                _write_pid(pidfile)
                 ready(None)
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 nursery.cancel_scope.cancel()
@@ -88,6 +93,8 @@ class Daemon:
             self.files.mounted = False
             await self.manager.shutdown()
             pyfuse3.close(unmount=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pidfile)
 
     def stop(self) -> None:
         """Begin shutdown: fail held I/O, end the FUSE loop."""
@@ -108,3 +115,8 @@ class Daemon:
             async for signum in signals:
                 log.info("signal %d: unmounting %s", signum, self.mountpoint)
                 self.stop()
+
+
+def _write_pid(path: str) -> None:
+    with open(path, "w", encoding="ascii") as fh:
+        fh.write(f"{os.getpid()}\n")

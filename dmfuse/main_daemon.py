@@ -45,12 +45,12 @@ def run_foreground(args: argparse.Namespace) -> int:
         trio.run(daemon.run, ready)
     except DmError as exc:
         if not reported:
-            ready(f"mount {args.mountpoint_dir} failed: {exc.message}")
+            ready(exc.message)
         raise
     except Exception as exc:
         logging.exception("daemon failed")
         if not reported:
-            ready(f"mount {args.mountpoint_dir} failed: {exc}")
+            ready(str(exc))
         print(f"dmfuse: mount failed: {exc}", file=sys.stderr)
         return 1
     return 0

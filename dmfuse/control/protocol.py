@@ -61,3 +61,8 @@ def runtime_dir(uid: int | None = None) -> str:
 def socket_path(mountpoint: str) -> str:
     digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
     return os.path.join(runtime_dir(), f"{digest}.sock")
+
+
+def pid_path(mountpoint: str) -> str:
+    """The daemon's pid file, beside its socket."""
+    return socket_path(mountpoint)[: -len(".sock")] + ".pid"

@@ -44,10 +44,16 @@ def physical(seg: tuple[str, int, list[tuple[int, int]], int], sector: int) -> t
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tables(), st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 9000),
-                                    st.binary(min_size=1, max_size=1)), max_size=6))
-def test_device_matches_model(segs: list[tuple[str, int, list[tuple[int, int]], int]],
-                              writes: list[tuple[int, int, bytes]]) -> None:
+@given(
+    tables(),
+    st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(1, 9000), st.binary(min_size=1, max_size=1)),
+        max_size=6,
+    ),
+)
+def test_device_matches_model(
+    segs: list[tuple[str, int, list[tuple[int, int]], int]], writes: list[tuple[int, int, bytes]]
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = [os.path.join(tmp, f"f{i}") for i in range(3)]
         disks = [bytearray(os.urandom(FILE_SECTORS * 512)) for _ in files]
@@ -71,8 +77,9 @@ def test_device_matches_model(segs: list[tuple[str, int, list[tuple[int, int]], 
         for seg in segs:
             for s in range(seg[1]):
                 loc = None if seg[0] == "zero" else physical(seg, s)
-                where.extend(None if loc is None else (loc[0], loc[1] * 512 + b)
-                             for b in range(512))
+                where.extend(
+                    None if loc is None else (loc[0], loc[1] * 512 + b) for b in range(512)
+                )
 
         async def run() -> None:
             m = Manager()

@@ -50,8 +50,9 @@ async def test_striped_mapping_matches_formula(make_file: Callable[..., str]) ->
         row, stripe = divmod(chunk, 3)
         path, base = offs[stripe]
         dev_sector = base + row * 3 + within
-        assert data[sector * 512 : sector * 512 + 512] == pattern(dev_sector * 512, 512,
-                                                                  seeds[path])
+        assert data[sector * 512 : sector * 512 + 512] == pattern(
+            dev_sector * 512, 512, seeds[path]
+        )
     status = m.status("st")[0]["lines"][0]
     assert status == f"0 1152 striped 3 {a} {b} {c} 1 AAA"
     assert m.table("st")[0]["lines"][0] == f"0 1152 striped 3 3 {a} 8 {b} 0 {c} 16"
@@ -73,8 +74,9 @@ async def test_striped_mapping_matches_formula(make_file: Callable[..., str]) ->
         ("0 8 zero\n0 8 zero", "line 2: zero: overlapping"),
     ],
 )
-async def test_bad_load_changes_nothing(make_file: Callable[..., str], table: str,
-                                        message: str) -> None:
+async def test_bad_load_changes_nothing(
+    make_file: Callable[..., str], table: str, message: str
+) -> None:
     a = make_file("a.img", MiB)
     m = Manager()
     await m.create("d", f"0 64 linear {a} 0")
@@ -246,13 +248,16 @@ async def test_stacking_and_cycles(make_file: Callable[..., str]) -> None:
     await m.remove("low")
 
 
-async def test_flush_syncs_each_backend_once(make_file: Callable[..., str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_flush_syncs_each_backend_once(
+    make_file: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = make_file("a.img", MiB)
     b = make_file("b.img", MiB)
     m = Manager()
-    await m.create("d", f"0 64 linear {a} 0\n64 64 linear {a} 64\n128 64 zero\n"
-                        f"192 64 striped 2 8 {a} 512 {b} 0")
+    await m.create(
+        "d",
+        f"0 64 linear {a} 0\n64 64 linear {a} 64\n128 64 zero\n192 64 striped 2 8 {a} 512 {b} 0",
+    )
     calls: list[int] = []
     import os
 

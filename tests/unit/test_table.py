@@ -52,6 +52,13 @@ def test_format_line_keeps_trailing_space_for_empty_params() -> None:
 def test_layout_locate_and_message_sector() -> None:
     layout = Layout(parse_table("0 8 zero\n8 8 zero\n16 16 zero"))
     assert layout.size == 32 * 512
-    assert [layout.locate(o) for o in (0, 4095, 4096, 8191, 8192, 32 * 512 - 1)] == [0, 0, 1, 1, 2, 2]
+    assert [layout.locate(o) for o in (0, 4095, 4096, 8191, 8192, 32 * 512 - 1)] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+    ]
     assert layout.index_of_sector(31) == 2
     assert layout.index_of_sector(32) == -1
