@@ -9,7 +9,7 @@
 # in qemu (kdm-vm.sh run) and runs THIS script inside it with `--guest WORKDIR` (as root, host /
 # chrooted read-only, so the host's dmsetup 1.02.185 talks to the guest's dm 4.48), which writes
 # one file per case to WORKDIR/out/, and (4) replaces tests/golden/kernel/NN-*.txt with them.
-# One run takes ~15-40 s.  Environment overrides: KDM_VM (path of kdm-vm.sh), KDM_DIR, KDM_WORK.
+# Process creation is slow in the TCG guest (~0.3 s per exec): one run takes ~10-20 min.  Environment overrides: KDM_VM (path of kdm-vm.sh), KDM_DIR, KDM_WORK.
 #
 # File format (see README.md): each NN-name.txt is a sequence of records, replayed in order:
 #     $ <command, one line, run with bash -c, stdin </dev/null unless the command pipes>
@@ -39,6 +39,7 @@ if [ "${1:-}" != "--guest" ]; then
   truncate -s 16M "$WORK/vda.img" "$WORK/vdb.img"
   cp "$HERE/record.sh" "$WORK/record.sh"
   printf '#!/bin/bash\nexec bash %q --guest %q\n' "$WORK/record.sh" "$WORK" > "$WORK/guest.sh"
+  export KDM_TIMEOUT=${KDM_TIMEOUT:-3600}
   rc=0
   "$KDM_VM" run "$WORK" "$WORK/guest.sh" "$WORK/vda.img" "$WORK/vdb.img" > "$WORK/console.log" 2>&1 || rc=$?
   if [ "$rc" != 0 ] || [ ! -f "$WORK/out/DONE" ]; then
@@ -58,13 +59,18 @@ T=/tmp/rec.$$           # guest tmpfs
 mkdir -p "$OUT" "$T"
 dmesg -n 1              # keep the console quiet; the log is still captured per command
 CASEFILE=/dev/null
-DEFAULT_TIMEOUT=30
 
-section() {             # section NAME FILE
-  if [ -s "$2" ] && [ -n "$(tail -c1 "$2")" ]; then
-    printf -- '--- %s (no newline at end):\n' "$1"; cat "$2"; printf '\n'
+readall() {             # readall FILE -> $DATA (exact bytes; outputs never contain NUL)
+  DATA=
+  IFS= read -r -d '' DATA < "$1"
+}
+
+section() {             # section NAME FILE   (bash builtins only: exec is slow in the guest)
+  readall "$2"
+  if [ -n "$DATA" ] && [[ $DATA != *$'\n' ]]; then
+    printf -- '--- %s (no newline at end):\n%s\n' "$1" "$DATA"
   else
-    printf -- '--- %s:\n' "$1"; cat "$2"
+    printf -- '--- %s:\n%s' "$1" "$DATA"
   fi
 }
 
@@ -76,37 +82,35 @@ emit() {                # emit CMD RC
   } >> "$CASEFILE"
 }
 
-# run CMD [TIMEOUT]: run CMD in a child bash, record rc/stdout/stderr/kernel log
+# run CMD [TIMEOUT]: run CMD (in a subshell, or under `timeout bash -c` when TIMEOUT is given:
+# only for commands that may block), record rc/stdout/stderr and the kernel log lines it caused.
 run() {
-  local cmd=$1 to=${2:-$DEFAULT_TIMEOUT} rc
-  dmesg -C
-  timeout -k 2 "$to" bash -c "$cmd" < /dev/null > "$T/o" 2> "$T/e"; rc=$?
-  dmesg --notime > "$T/k" 2>/dev/null
+  local cmd=$1 to=${2:-} rc
+  if [ -n "$to" ]; then timeout -k 2 "$to" bash -c "$cmd"; else ( set +u; eval "$cmd" ); fi \
+    < /dev/null > "$T/o" 2> "$T/e"; rc=$?
+  dmesg --notime -c > "$T/k" 2>/dev/null
   emit "$cmd" "$rc"
 }
 
 # runsh CMD: run CMD in this shell (for `exec 3</dev/mapper/x` / `exec 3<&-`), record it too
 runsh() {
   local cmd=$1 rc
-  dmesg -C
   { eval "$cmd"; } < /dev/null > "$T/o" 2> "$T/e"; rc=$?
-  dmesg --notime > "$T/k" 2>/dev/null
+  dmesg --notime -c > "$T/k" 2>/dev/null
   emit "$cmd" "$rc"
 }
 
 cleanup() {             # remove every dm device, silently
   exec 3<&- 4<&-
-  local n i
-  for i in 1 2 3; do
-    for n in $(dmsetup info -c --noheadings -o name 2>/dev/null | grep -v '^No devices found'); do
-      dmsetup resume "$n" >/dev/null 2>&1
-      dmsetup remove --force "$n" >/dev/null 2>&1
-    done
-  done
-  dmsetup remove_all --force >/dev/null 2>&1
-  if dmsetup ls 2>&1 | grep -qv '^No devices found'; then
-    echo "cleanup failed before $1:" >> "$OUT/WARNINGS"; dmsetup ls >> "$OUT/WARNINGS" 2>&1
+  dmsetup remove_all --force > /dev/null 2>&1
+  local left n
+  left=$(dmsetup info -c --noheadings -o name 2>/dev/null)
+  if [ "$left" != "No devices found" ]; then
+    for n in $left; do dmsetup resume "$n"; dmsetup remove --force "$n"; done > /dev/null 2>&1
+    left=$(dmsetup info -c --noheadings -o name 2>&1)
+    [ "$left" != "No devices found" ] && printf 'cleanup failed before %s:\n%s\n' "$1" "$left" >> "$OUT/WARNINGS"
   fi
+  dmesg -C
 }
 
 begin() {               # begin NN-name
