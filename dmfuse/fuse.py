@@ -49,7 +49,7 @@ def _fuse_error(exc: BaseException) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
-class DeviceFiles(pyfuse3.Operations):  # type: ignore[misc]
+class DeviceFiles(pyfuse3.Operations):
     """The mount's directory.  Also the manager's listener for name and size changes."""
 
     enable_writeback_cache = False
@@ -195,7 +195,8 @@ class DeviceFiles(pyfuse3.Operations):  # type: ignore[misc]
     async def flush(self, fh: int) -> None:
         return None  # close(2) is not a dm flush
 
-    async def read(self, fh: int, off: int, size: int) -> bytearray:
+    # pyfuse3 replies from any buffer: a bytearray saves copying into bytes.
+    async def read(self, fh: int, off: int, size: int) -> bytearray:  # type: ignore[override]
         try:
             return await self._handles[fh].read(off, size)
         except Exception as exc:

@@ -13,7 +13,7 @@ must feed back into ``load`` unchanged).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Protocol
 
 import attrs
@@ -73,6 +73,14 @@ class Target(abc.ABC):
 
     def __init__(self, length: int) -> None:
         self.length = length
+        self.on_event: Callable[[], None] = _no_event
+
+    def raise_event(self) -> None:
+        """A dm table event (snapshot invalidated, pool low on space...): bumps ``event_nr``.
+
+        Before the table is live there is no device to tell, so the event is dropped, as the
+        kernel does for a table that is not bound."""
+        self.on_event()
 
     @classmethod
     @abc.abstractmethod
@@ -140,6 +148,10 @@ def check_area(backend: Backend, offset: int, length: int) -> None:
             f"{backend.display} too small for target: start={offset // 512}, "
             f"len={length // 512}, dev_size={size // 512}"
         )
+
+
+def _no_event() -> None:
+    pass
 
 
 _REGISTRY: dict[str, type[Target]] = {}

@@ -205,6 +205,8 @@ class Device:
                 await self.suspend()
             old, self.live = self.live, new
             self.readonly = new.readonly
+            for target in new.targets:
+                target.on_event = self.raise_event
             if old is None or old.size != new.size:
                 self.on_resize(self)
             if old is not None:
