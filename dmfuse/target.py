@@ -31,6 +31,9 @@ class Limits:
     no flush (fsync skips it) or no discard (a discard touching it fails with EOPNOTSUPP).
     ``discard_zeroes``: after a discard the range reads as zeros (a punch-hole needs this).
     ``write_zeroes``: has an efficient write-zeroes; otherwise zero buffers are written.
+    ``block_size`` (bytes): the unit the target reads and writes (crypt ``sector_size``, verity
+    data blocks); the device does read-modify-write around it, so the target only ever sees
+    offsets and lengths that are multiples of it.
     """
 
     io_boundary: int = 0
@@ -38,6 +41,7 @@ class Limits:
     discard_bios: int = 1
     discard_zeroes: bool = True
     write_zeroes: bool = True
+    block_size: int = 1
 
 
 class DeviceOpener(Protocol):

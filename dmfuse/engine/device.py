@@ -16,6 +16,7 @@ from collections.abc import Callable
 import trio
 
 from dmfuse.engine.loaded import LoadedTable
+from dmfuse.engine.rangelock import RangeLocks
 from dmfuse.errors import DmError, InvalidArgument, IOFailure, ReadOnlyDevice
 from dmfuse.lifecycle import DeviceState, Plan, plan_resume, plan_suspend
 
@@ -40,6 +41,7 @@ class Device:
         self._gate: trio.Event | None = None
         self._idle: trio.Event | None = None
         self._event = trio.Event()
+        self._range_locks = RangeLocks()
         self.closing = False
         self.on_resize: Callable[[Device], None] = lambda device: None
 
@@ -92,7 +94,11 @@ class Device:
             end = live.size
             if offset >= end or size <= 0:
                 return bytearray()
-            buf = bytearray(min(size, end - offset))
+            size = min(size, end - offset)
+            block = live.block
+            if block > 1 and (offset % block or size % block):
+                return await _read_unaligned(live, offset, size)
+            buf = bytearray(size)
             await live.read(offset, memoryview(buf))
             return buf
         finally:
@@ -121,10 +127,31 @@ class Device:
                 if offset >= end:
                     raise DmError(f"{self.name}: no space left on device", errno.ENOSPC)
                 data = data[: end - offset]
-            await live.write(offset, data)
+            if live.block > 1:
+                await self._write_blocks(live, offset, data)
+            else:
+                await live.write(offset, data)
             return len(data)
         finally:
             self._done()
+
+    async def _write_blocks(self, live: LoadedTable, offset: int, data: memoryview) -> None:
+        """Write to a table with a block size: whole blocks only, partial ones merged."""
+        block = live.block
+        start = offset - offset % block
+        stop = -(-(offset + len(data)) // block) * block
+        async with self._range_locks.hold(start, stop):
+            if start == offset and stop == offset + len(data):
+                await live.write(offset, data)
+                return
+            merged = bytearray(stop - start)
+            view = memoryview(merged)
+            if start != offset:
+                await live.read(start, view[:block])
+            if stop != offset + len(data) and (stop - block >= start + block or start == offset):
+                await live.read(stop - block, view[-block:])
+            view[offset - start : offset - start + len(data)] = data
+            await live.write(start, view)
 
     async def flush(self) -> None:
         live = await self._admit()
@@ -143,7 +170,14 @@ class Device:
                 raise InvalidArgument(f"{self.name}: range beyond end of device")
             if length == 0:
                 return
-            if zero_fill:
+            block = live.block
+            if block > 1 and (offset % block or length % block):
+                if not zero_fill:
+                    raise InvalidArgument(
+                        f"{self.name}: discard must be aligned to the {block}-byte block size"
+                    )
+                await self._write_blocks(live, offset, memoryview(bytes(length)))
+            elif zero_fill:
                 await live.write_zeroes(offset, length)
             else:
                 await live.discard(offset, length)
@@ -237,3 +271,15 @@ class Device:
                 await table.destroy()
         self.inactive = self.live = None
         self._reopen()
+
+
+async def _read_unaligned(live: LoadedTable, offset: int, size: int) -> bytearray:
+    """Read the whole blocks around ``[offset, offset+size)`` and keep the part asked for."""
+    block = live.block
+    start = offset - offset % block
+    stop = min(-(-(offset + size) // block) * block, live.size)
+    buf = bytearray(stop - start)
+    await live.read(start, memoryview(buf))
+    del buf[offset - start + size :]
+    del buf[: offset - start]
+    return buf

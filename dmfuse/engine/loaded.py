@@ -42,6 +42,8 @@ class LoadedTable:
         self._starts = self.layout.starts
         self._ends = self.layout.ends
         self._boundaries = [t.limits.io_boundary for t in targets]
+        # The table's I/O unit: block sizes are powers of two, so the largest covers them all.
+        self.block = max((t.limits.block_size for t in targets), default=1)
         self._no_boundaries = [0] * len(targets)
         self._release = release
 
