@@ -47,7 +47,7 @@ def parse_file(name: str, content: str) -> TableFile:
 
 def render_file(uuid: str, readonly: bool, lines: Sequence[str] | None) -> str:
     flags = " ".join(filter(None, ["readonly" if readonly else "", f"uuid={uuid}" if uuid else ""]))
-    header = f"{_HEADER} {flags}".rstrip() + "\n"
+    header = f"{_HEADER} {flags}\n" if flags else ""
     return header + "".join(ln.rstrip() + "\n" for ln in lines or [])
 
 

@@ -55,7 +55,7 @@ run mount "$LOOP" "$FSMNT"
 run cmp "$WORK/payload" "$FSMNT/payload" && echo "file read back identical"
 run df -h "$FSMNT"
 
-step "grow the striped disk live: load a bigger table, resume, then resize ext4"
+step "grow the striped disk live: load a bigger table, resume, then grow ext4 into it"
 truncate -s 96M "$WORK/images/c.img" "$WORK/images/d.img"
 run "$DMFUSE" -m "$MNT" load stripe --table "0 393216 striped 2 128 $WORK/images/c.img 0 $WORK/images/d.img 0"
 run "$DMFUSE" -m "$MNT" info stripe
@@ -63,11 +63,14 @@ run "$DMFUSE" -m "$MNT" resume stripe
 run stat -c '%n: %s bytes' "$MNT/stripe"
 run losetup -c "$LOOP"
 run blockdev --getsize64 "$LOOP"
+run umount "$FSMNT"
+run e2fsck -fp "$LOOP"
 run resize2fs "$LOOP"
+run mount "$LOOP" "$FSMNT"
 run df -h "$FSMNT"
 run cmp "$WORK/payload" "$FSMNT/payload" && echo "file still identical after the resize"
 
-step "swap the sparse disk's table: zero -> linear over b.img (data appears), and back"
+step "swap the sparse disk's table: zero -> linear over b.img (its data appears)"
 run "$DMFUSE" -m "$MNT" suspend sparse
 run "$DMFUSE" -m "$MNT" load sparse --table "0 65536 linear $WORK/images/b.img 0"
 run "$DMFUSE" -m "$MNT" resume sparse
