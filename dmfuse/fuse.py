@@ -230,7 +230,10 @@ class DeviceFiles(pyfuse3.Operations):
 
     async def lseek(self, fh: int, offset: int, whence: int) -> int:
         # Every byte of a mapped device is data: no holes to report, as for a block device.
-        size = self._handles[fh].size
+        try:
+            size = self._handles[fh].size
+        except Exception as exc:
+            raise _fuse_error(exc) from None
         if whence not in (SEEK_DATA, SEEK_HOLE):
             raise pyfuse3.FUSEError(errno.EINVAL)
         if offset >= size:
