@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -180,3 +181,29 @@ def test_control_socket_is_private(mnt: Mount) -> None:
     path = socket_path(str(mnt.mnt))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+
+
+def test_unmount_fails_held_io_and_exits(mnt: Mount) -> None:
+    mnt.image("a.img", MiB)
+    mnt.table("d", "0 2048 linear a.img 0")
+    mnt.mount()
+    fd = os.open(mnt.dev("d"), os.O_RDONLY)
+    mnt.cli("suspend", "d")
+    errors: list[int] = []
+
+    def read() -> None:
+        try:
+            os.pread(fd, 512, 0)
+        except OSError as exc:
+            errors.append(exc.errno or 0)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    assert reader.is_alive()
+    mnt.unmount()  # dmfuse umount: held I/O fails, the daemon flushes, closes and exits
+    reader.join(10)
+    with contextlib.suppress(OSError):  # the connection is gone: ENOTCONN
+        os.close(fd)
+    assert errors == [5]
+    assert not os.path.ismount(mnt.mnt)
