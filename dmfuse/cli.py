@@ -99,7 +99,7 @@ def _read_table(args: argparse.Namespace) -> str | None:
     if args.file is not None:
         with open(args.file, encoding="utf-8") as fh:
             return fh.read()
-    text = sys.stdin.read() if not sys.stdin.isatty() else ""
+    text = sys.stdin.read() if sys.stdin is not None and not sys.stdin.isatty() else ""
     return text if text.strip() or args.command != "create" else None
 
 

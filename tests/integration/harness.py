@@ -36,8 +36,16 @@ def can_mount() -> str | None:
 def run(
     *cmd: str, check: bool = True, input: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
+    # Never inherit the runner's stdin: a command reading a table from stdin must not hang.
+    stdin = subprocess.DEVNULL if input is None else None
     proc = subprocess.run(
-        list(cmd), capture_output=True, text=True, input=input, timeout=timeout, check=False
+        list(cmd),
+        capture_output=True,
+        text=True,
+        input=input,
+        stdin=stdin,
+        timeout=timeout,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise AssertionError(
