@@ -53,12 +53,17 @@ class DeviceOpener(Protocol):
 
 
 class Flushed:
-    """The backends already flushed by one fsync: each distinct backend is synced once."""
+    """The backends already flushed by one fsync: each distinct backend is synced once.
 
-    __slots__ = ("done",)
+    ``suspend`` is true for the flush dmfuse adds when suspending (the kernel sends no flush
+    there): targets that record flushes (log-writes) sync their devices but record nothing.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "suspend")
+
+    def __init__(self, suspend: bool = False) -> None:
         self.done: set[int] = set()
+        self.suspend = suspend
 
     async def flush(self, backend: Backend) -> None:
         key = id(backend)

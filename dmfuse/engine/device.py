@@ -207,7 +207,7 @@ class Device:
         finally:
             self._idle = None
         if not noflush:
-            await live.flush()
+            await live.flush(suspend=True)
         for target in live.targets:
             await target.postsuspend()
 

@@ -74,8 +74,8 @@ class LoadedTable:
             [partial(targets[i].write, rel, data[at : at + n]) for i, rel, n, at in pieces]
         )
 
-    async def flush(self) -> None:
-        flushed = Flushed()
+    async def flush(self, *, suspend: bool = False) -> None:
+        flushed = Flushed(suspend)
         await _fan_out([partial(t.flush, flushed) for t in self.targets if t.limits.flush_bios])
 
     def _extent_pieces(self, offset: int, length: int) -> list[Piece]:
