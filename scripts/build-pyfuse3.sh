@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build pyfuse3 from its pinned sdist with our patches (patches/pyfuse3-3.5.0-*.patch, applied
-# in name order) and install it into VENV.  Idempotent: the wheel is cached under
-# ${DMFUSE_CACHE:-.cache}/pyfuse3/ keyed by the patches' sha256 and the Python ABI, and nothing
-# is done when VENV already has pyfuse3 built from exactly these patches.
+# Build pyfuse3 from its pinned sdist with our numbered patch series
+# (patches/pyfuse3-3.5.0-NNNN-*.patch, applied in order) and install it into VENV.
+# Idempotent: the wheel is cached under ${DMFUSE_CACHE:-.cache}/pyfuse3/ keyed by the patches'
+# sha256 and the Python ABI, and nothing is done when VENV already has pyfuse3 built from
+# exactly these patches.
 # Usage: scripts/build-pyfuse3.sh VENV_DIR
 # Needs: fuse3, libfuse3-dev, pkg-config, gcc and Python headers (scripts/setup.sh installs
 # them); PyPI for the sdist and for the build's own requirements (Cython, setuptools>=78.1.1,
@@ -36,7 +37,7 @@ shopt -s nullglob
 # Numbered patches, applied in order (0001-..., 0002-...).
 PATCHES=("$REPO"/patches/pyfuse3-$VERSION-[0-9][0-9][0-9][0-9]-*.patch)
 shopt -u nullglob
-((${#PATCHES[@]})) || die "no patches/pyfuse3-$VERSION-*.patch found"
+((${#PATCHES[@]})) || die "no patches/pyfuse3-$VERSION-NNNN-*.patch found"
 
 abi=$("$PY" -c 'import sys; print(sys.implementation.cache_tag)')  # e.g. cpython-311
 patch_hash=$(cat "${PATCHES[@]}" | sha256sum | cut -c1-16)
