@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("event_nr", nargs="?", default="0")
     sub.add_parser("targets")
     sub.add_parser("version")
+    # Parsed by dmfuse.replay_log itself (main() hands it the words); listed here for --help.
+    rl = sub.add_parser("replay-log", add_help=False, help="replay a log-writes log (no daemon)")
+    rl.add_argument("words", nargs=argparse.REMAINDER)
     return p
 
 
@@ -277,6 +280,11 @@ def _umount(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["replay-log"]:  # an offline tool: no mount, its own options
+        from dmfuse.replay_log import main as replay_log
+
+        return replay_log(words[1:])
     args = _parser().parse_args(argv)
     name = getattr(args, "name", None) or getattr(args, "mountpoint_dir", None)
     what = f"{args.command} {name}" if name else args.command
