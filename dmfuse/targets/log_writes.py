@@ -1,0 +1,192 @@
+"""log-writes — pass all I/O to a device and record every write, flush and discard to a log.
+
+Table:   ``<start> <length> log-writes <dev> <log_dev>``  (words after ``log_dev`` are ignored,
+         as by the kernel)
+  ``dev``      the device all I/O goes to; it must hold ``length`` sectors
+  ``log_dev``  where the log is written, in the kernel's on-disk format
+               (:mod:`dmfuse.logwrites_format`); it is overwritten from the start by every
+               new table, and ``dmfuse replay-log`` (or xfstests' replay-log) replays it
+Status:  ``<logged_entries> <last used log sector>`` (512-byte units), then
+         `` logging_disabled`` once the log is full or a log write failed.
+Table:   ``<dev> <log_dev>``.
+Message: ``mark <name>`` (case-insensitive ``mark``, exactly 2 words): queue a MARK entry
+         holding ``name`` (cut to 479 bytes).  Anything else is EINVAL.
+
+What is logged, when (the kernel's power-fail model, so a replay never shows more than a
+crash could have left):
+* a completed write or discard goes on an *unflushed* list, not into the log;
+* a flush takes the unflushed list as it stands when the flush arrives, flushes ``dev``, then
+  logs those entries (in completion order) followed by a FLUSH entry;
+* a mark is logged at once (ahead of unflushed writes), and rewrites the super block;
+* when the table is destroyed (remove, reload+resume, clear), the unflushed entries are logged,
+  then the MARK ``dm-log-writes-end``, and the super block is rewritten.
+The super block's ``nr_entries`` is only rewritten on a MARK or FUA entry, as in the kernel: a
+reader of a live log sees entries up to the last mark.  Reads pass through and are not logged.
+Write-zeroes is written (and logged) as zero-filled writes, as the kernel's fallback does.
+
+Differences from the kernel:
+* FUSE has no FUA (an ``O_DSYNC`` write arrives as a write plus an fsync), so dmfuse logs a
+  write and a FLUSH where the kernel logs one FUA entry; the METADATA flag is never set (FUSE does
+  not carry REQ_META).
+* The log sector size is always 512 (the kernel uses ``dev``'s logical block size).
+* Sector numbers are relative to the target's start (the kernel logs the mapped device's
+  sector and also sends I/O there); they are the same for the usual ``0 N log-writes`` table.
+* A write or flush that fails on ``dev`` is not logged (the kernel logs it anyway).
+* The log is written in order before the flush completes (the kernel writes it from a thread,
+  after completing the flush); so after an fsync returns, the log on disk shows it.
+* dmfuse flushes backing files when it suspends a device; that flush is not logged (the kernel
+  sends none then).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import trio
+
+from dmfuse import logwrites_format as fmt
+from dmfuse.backends.base import Backend
+from dmfuse.errors import DmError, InvalidArgument, TableError
+from dmfuse.target import DeviceOpener, Flushed, Limits, Target, check_area, register
+
+log = logging.getLogger(__name__)
+
+SECTOR = 512
+END_MARK = b"dm-log-writes-end"
+
+# A pending entry: the header and, for a write, a private copy of the data (the caller's buffer
+# is reused once the write returns).
+_Pending = tuple[fmt.Entry, bytes]
+
+
+@register
+class LogWrites(Target):
+    name = "log-writes"
+    version = (1, 1, 0)
+    # Whole sectors only: the device merges partial ones (read-modify-write), so every logged
+    # write is the sector range it really changed.  Write-zeroes is written as zero buffers.
+    limits = Limits(flush_bios=1, discard_bios=1, write_zeroes=False, block_size=SECTOR)
+
+    def __init__(self, length: int, dev: Backend, log_dev: Backend) -> None:
+        super().__init__(length)
+        self.dev = dev
+        self.log_dev = log_dev
+        self.sectorsize = SECTOR
+        self.next_sector = self.sectorsize // SECTOR  # 512-byte units; entries start after super
+        self.end_sector = log_dev.size() // SECTOR
+        self.logged_entries = 0
+        self.logging_enabled = True
+        self.unflushed: list[_Pending] = []
+        self._lock = trio.Lock()  # log writes happen one at a time, in the order queued
+        self._destroyed = False
+
+    @classmethod
+    async def construct(cls, opener: DeviceOpener, length: int, args: Sequence[str]) -> LogWrites:
+        if len(args) < 2:
+            raise TableError("Invalid argument count")
+        dev = opener.open(args[0])
+        try:
+            log_dev = opener.open(args[1])
+        except TableError as exc:
+            raise TableError(f"Log {exc.message[0].lower()}{exc.message[1:]}") from None
+        return cls(length, dev, log_dev)
+
+    # -- I/O ---------------------------------------------------------------------------------
+    async def read(self, offset: int, buf: memoryview) -> None:
+        await self.dev.read(offset, buf)
+
+    async def write(self, offset: int, data: memoryview) -> None:
+        await self.dev.write(offset, data)
+        entry = fmt.Entry(sector=offset // SECTOR, nr_sectors=len(data) // SECTOR, flags=0)
+        self.unflushed.append((entry, bytes(data)))
+
+    async def discard(self, offset: int, length: int) -> None:
+        await self.dev.discard(offset, length)
+        entry = fmt.Entry(sector=offset // SECTOR, nr_sectors=length // SECTOR, flags=fmt.DISCARD)
+        self.unflushed.append((entry, b""))
+
+    async def flush(self, flushed: Flushed) -> None:
+        if flushed.suspend:
+            await flushed.flush(self.dev)
+            return
+        # Only what completed before the flush arrived is covered by it.
+        captured, self.unflushed = self.unflushed, []
+        try:
+            await flushed.flush(self.dev)
+        except BaseException:
+            self.unflushed[:0] = captured  # not flushed after all: still pending
+            raise
+        captured.append((fmt.Entry(sector=0, nr_sectors=0, flags=fmt.FLUSH), b""))
+        await self._log(captured)
+
+    # -- messages ----------------------------------------------------------------------------
+    async def message(self, argv: Sequence[str]) -> str | None:
+        if len(argv) != 2:
+            raise InvalidArgument(
+                f"Invalid log-writes message arguments, expect 2 arguments, got {len(argv)}"
+            )
+        if argv[0].lower() != "mark":
+            raise InvalidArgument(f"Unrecognised log writes target message received: {argv[0]}")
+        text = argv[1].encode("utf-8", "surrogateescape")
+        await self._log([(fmt.mark_entry(text, self.sectorsize), b"")])
+        return None
+
+    # -- logging -----------------------------------------------------------------------------
+    async def _log(self, items: list[_Pending]) -> None:
+        """Append entries to the log in order; a full log or a failed write stops logging."""
+        async with self._lock:
+            for entry, data in items:
+                if not self.logging_enabled:
+                    return
+                sector = self.next_sector
+                step = self.sectorsize // SECTOR
+                self.next_sector += step * entry.log_sectors()
+                if self.next_sector >= self.end_sector:  # the kernel's test, kept exactly
+                    log.error("log-writes: ran out of space on the log device")
+                    self.logging_enabled = False
+                    return
+                self.logged_entries += 1
+                try:
+                    await self._write_entry(sector, entry, data)
+                    if entry.flags & (fmt.FUA | fmt.MARK):
+                        await self._write_super()
+                except (DmError, OSError) as exc:
+                    log.warning("log-writes: writing the log failed, logging disabled: %s", exc)
+                    self.logging_enabled = False
+                    return
+
+    async def _write_entry(self, sector: int, entry: fmt.Entry, data: bytes) -> None:
+        head = fmt.encode_entry(entry, self.sectorsize)
+        await self.log_dev.write(sector * SECTOR, memoryview(head + data))
+
+    async def _write_super(self) -> None:
+        block = fmt.encode_super(self.logged_entries, self.sectorsize)
+        await self.log_dev.write(fmt.SUPER_SECTOR, memoryview(block))
+
+    # -- description -------------------------------------------------------------------------
+    def status(self) -> str:
+        text = f"{self.logged_entries} {self.next_sector - 1}"
+        return text if self.logging_enabled else text + " logging_disabled"
+
+    def table(self, showkeys: bool = False) -> str:
+        return f"{self.dev.display} {self.log_dev.display}"
+
+    def devices(self) -> list[Backend]:
+        return [self.dev, self.log_dev]
+
+    def check_fits(self) -> None:
+        check_area(self.dev, 0, self.length)
+
+    async def destroy(self) -> None:
+        """Log what was never flushed, then the end mark (which rewrites the super)."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        pending, self.unflushed = self.unflushed, []
+        pending.append((fmt.mark_entry(END_MARK, self.sectorsize), b""))
+        await self._log(pending)
+        try:
+            await self.log_dev.flush()
+        except (DmError, OSError) as exc:
+            log.warning("log-writes: flushing the log failed: %s", exc)
