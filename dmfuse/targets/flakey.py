@@ -243,7 +243,8 @@ class Flakey(Target):
         if fixed and f.corrupt_byte <= len(buf):
             buf[f.corrupt_byte - 1] = f.corrupt_value
         if randomly and len(buf):
-            buf[self.rng.randrange(len(buf))] = self.rng.randrange(256)
+            pos = self.rng.randrange(len(buf))  # position first, then value, as the kernel
+            buf[pos] = self.rng.randrange(256)
 
     async def read(self, offset: int, buf: memoryview) -> None:
         if not self.is_down():
@@ -279,7 +280,8 @@ class Flakey(Target):
         await self.dev.write(self.base + offset, data)
 
     async def flush(self, flushed: Flushed) -> None:
-        if self.is_down() and not self._write_allowed():
+        # dmfuse's own flush at suspend is no kernel flush bio: never dropped or failed.
+        if not flushed.suspend and self.is_down() and not self._write_allowed():
             return
         await flushed.flush(self.dev)
 
