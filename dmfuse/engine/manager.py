@@ -111,7 +111,10 @@ class Manager:
                 try:
                     built.append(await cls.construct(opener, line.length * SECTOR_SIZE, line.args))
                 except DmError as exc:
-                    raise TableError(f"line {line.lineno}: {line.target_type}: {exc}") from None
+                    # keep the constructor's errno (the kernel returns the ctr's error code)
+                    raise TableError(
+                        f"line {line.lineno}: {line.target_type}: {exc}", exc.errno
+                    ) from None
         except BaseException:
             for target in built:
                 await target.destroy()
