@@ -1,0 +1,167 @@
+"""Fault targets on a real mount: the xfstests pattern of swapping a flakey ``drop_writes`` table in
+and out while I/O runs, and the CLI's strings and message replies for delay, flakey, dust and
+unstriped."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from tests.conftest import pattern
+from tests.integration.harness import Mount
+
+MiB = 1 << 20
+BLOCK = 4096
+
+
+def _record(i: int) -> bytes:
+    return b"R%07d" % i * (BLOCK // 8)
+
+
+class Writer(threading.Thread):
+    """Writes numbered blocks 1, 2, 3... and after each one the header block 0 (its number),
+    then fsyncs; remembers when each record's write started and when it was acknowledged."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.limit = limit
+        self.stop = threading.Event()
+        self.acked: list[tuple[int, float, float]] = []  # (record, started, acknowledged)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                i = 1
+                while not self.stop.is_set() and i < self.limit:
+                    started = time.monotonic()
+                    assert os.pwrite(fd, _record(i), i * BLOCK) == BLOCK
+                    assert os.pwrite(fd, _record(i), 0) == BLOCK
+                    os.fsync(fd)
+                    self.acked.append((i, started, time.monotonic()))
+                    i += 1
+            finally:
+                os.close(fd)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        target = len(self.acked) + count
+        while len(self.acked) < target:
+            assert self.error is None, self.error
+            assert time.monotonic() < deadline, "the writer made no progress"
+            time.sleep(0.01)
+
+
+def test_flakey_drop_writes_swapped_in_and_out_while_writing(mnt: Mount) -> None:
+    size = 64 * MiB
+    img = mnt.image("a.img", size)
+    sectors = size // 512
+    working = f"0 {sectors} flakey {img} 0 180 0"
+    dropping = f"0 {sectors} flakey {img} 0 0 180 1 drop_writes"
+    mnt.table("flk", working + "\n")
+    mnt.mount()
+    writer = Writer(mnt.dev("flk"), size // BLOCK)
+    writer.start()
+    try:
+        writer.wait_for(50)
+        swap_in = time.monotonic()
+        mnt.cli("suspend", "flk")
+        mnt.cli("load", "flk", "--table", dropping)
+        mnt.cli("resume", "flk")
+        dropped_from = time.monotonic()
+        assert mnt.cli("table", "flk").stdout == dropping + "\n"
+        writer.wait_for(50)
+        dropped_until = time.monotonic()
+        mnt.cli("suspend", "flk")
+        mnt.cli("load", "flk", "--table", working)
+        mnt.cli("resume", "flk")
+        swapped_back = time.monotonic()
+        assert mnt.cli("table", "flk").stdout == f"{working} 2 error_reads error_writes\n"
+        writer.wait_for(50)
+    finally:
+        writer.stop.set()
+        writer.join(60)
+    assert writer.error is None, writer.error
+
+    with open(img, "rb") as fh:
+        data = fh.read()
+    before = [i for i, _, acked in writer.acked if acked < swap_in]
+    during = [
+        i for i, started, acked in writer.acked if started > dropped_from and acked < dropped_until
+    ]
+    after = [i for i, started, _ in writer.acked if started > swapped_back]
+    assert len(before) >= 50 and len(during) >= 40 and len(after) >= 40
+    for i in before + after:  # acknowledged outside the drop window: present, in place
+        assert data[i * BLOCK : (i + 1) * BLOCK] == _record(i), f"record {i} lost"
+    for i in during:  # acknowledged but dropped, as the table said
+        assert data[i * BLOCK : (i + 1) * BLOCK] == bytes(BLOCK), f"record {i} not dropped"
+    for i, _, _ in writer.acked:  # nothing else ever lands anywhere: each block is its own
+        block = data[i * BLOCK : (i + 1) * BLOCK]
+        assert block in (_record(i), bytes(BLOCK))
+    last = writer.acked[-1][0]
+    assert data[:BLOCK] == _record(last)  # header: the last write wins, nothing reordered
+    assert data[(last + 1) * BLOCK :].count(0) == len(data) - (last + 1) * BLOCK
+
+
+def test_cli_strings_and_messages(mnt: Mount) -> None:
+    a = mnt.image("a.img", 4 * MiB, pattern(0, 4 * MiB))
+    b = mnt.image("b.img", 4 * MiB, pattern(0, 4 * MiB, seed=1))
+    mnt.mount()
+    mnt.cli("create", "dl", "--table", f"0 2048 delay {a} 0 0 {b} 8 20 {a} 16 30")
+    assert mnt.cli("table", "dl").stdout == f"0 2048 delay {a} 0 0 {b} 8 20 {a} 16 30\n"
+    assert mnt.cli("status", "dl").stdout == "0 2048 delay 0 0 0\n"
+    assert mnt.cli("deps", "dl").stdout == f"2 dependencies\t: ({a}) ({b})\n"  # once each
+
+    mnt.cli("create", "fl", "--table", f"0 2048 flakey {a} 0 180 0")
+    assert mnt.cli("table", "fl").stdout == (
+        f"0 2048 flakey {a} 0 180 0 2 error_reads error_writes\n"
+    )
+    assert mnt.cli("status", "fl").stdout == "0 2048 flakey \n"
+    bad = mnt.cli(
+        "load", "fl", "--table", f"0 2048 flakey {a} 0 0 180 1 ignore_zero_blocks", check=False
+    )
+    assert bad.returncode == 1
+    assert "line 1: flakey: Unrecognised flakey feature requested" in bad.stderr
+    assert "INACTIVE" not in mnt.cli("info", "fl").stdout  # a refused load changes nothing
+
+    mnt.cli("create", "du", "--table", f"0 2048 dust {a} 0 512")
+    assert mnt.cli("message", "du", "0", "addbadblock", "60").stdout == ""
+    assert mnt.cli("message", "du", "0", "queryblock", "60").stdout == (
+        "dust_query_block: block 60 found in badblocklist\n"
+    )
+    mnt.cli("message", "du", "0", "addbadblock", "61")
+    assert mnt.cli("message", "du", "0", "listbadblocks").stdout == "60\n61\n"
+    assert mnt.cli("message", "du", "0", "countbadblocks").stdout == (
+        "countbadblocks: 2 badblock(s) found\n"
+    )
+    mnt.cli("message", "du", "0", "enable")
+    assert mnt.cli("status", "du").stdout == f"0 2048 dust {a} fail_read_on_bad_block verbose\n"
+    fd = os.open(mnt.dev("du"), os.O_RDWR)
+    try:
+        try:
+            os.pread(fd, 512, 60 * 512)
+            raise AssertionError("read of a bad block succeeded")
+        except OSError as exc:
+            assert exc.errno == 5
+        assert os.pread(fd, 512, 59 * 512) == pattern(59 * 512, 512)
+        os.pwrite(fd, b"\x01" * 512, 60 * 512)  # a write remaps the block
+        assert os.pread(fd, 512, 60 * 512) == b"\x01" * 512
+    finally:
+        os.close(fd)
+    assert mnt.cli("message", "du", "0", "clearbadblocks").stdout == (
+        "dust_clear_badblocks: badblocks cleared\n"
+    )
+    err = mnt.cli("message", "du", "0", "removebadblock", "5", check=False)
+    assert err.returncode == 1
+    assert "dust_remove_block: block 5 not found in badblocklist" in err.stderr
+
+    mnt.cli("create", "st", "--table", f"0 4096 striped 2 8 {a} 0 {b} 0")
+    mnt.cli("create", "un", "--table", "0 2048 unstriped 2 8 1 /dev/mapper/st 0")
+    assert mnt.cli("table", "un").stdout == "0 2048 unstriped 2 8 1 /dev/mapper/st 0\n"
+    with open(mnt.dev("un"), "rb") as fh:
+        assert fh.read() == pattern(0, MiB, seed=1)
