@@ -24,10 +24,22 @@ The super block's ``nr_entries`` is only rewritten on a MARK or FUA entry, as in
 reader of a live log sees entries up to the last mark.  Reads pass through and are not logged.
 Write-zeroes is written (and logged) as zero-filled writes, as the kernel's fallback does.
 
+Checked against the kernel (tests/data/kernel, recorded in the kernel VM): for the same
+O_DIRECT writes, fsyncs, discard and marks the log is byte-for-byte the kernel's; ctr/message
+errors and status/table strings are the kernel's.
+
 Differences from the kernel:
-* FUSE has no FUA (an ``O_DSYNC`` write arrives as a write plus an fsync), so dmfuse logs a
-  write and a FLUSH where the kernel logs one FUA entry; the METADATA flag is never set (FUSE does
-  not carry REQ_META).
+* Request splitting: dmfuse logs one entry per FUSE request.  Device files are ``direct_io``, so
+  a write up to the mount's ``max_write`` (1 MiB) is one entry and a bigger one is cut every
+  1 MiB; the kernel logs one entry per bio as the block layer split it (``max_sectors_kb`` of the
+  stack).  Same sectors and data, cut at different places.  An unaligned write is logged as the
+  whole sectors it rewrote (read-modify-write); on a kernel block device it would be refused
+  (O_DIRECT) or go through the page cache (whole pages).
+* FUSE has no FUA, and an ``O_DIRECT|O_DSYNC`` write reaches us as a plain write (the kernel's
+  FUSE sends no fsync after a direct_io write): dmfuse logs a plain write where the kernel logs a
+  FUA entry (at once, ahead of older unflushed writes) followed by O_DSYNC's FLUSH.  The METADATA
+  flag is never set (FUSE does not carry REQ_META).
+* Table/status print files as paths (the kernel prints MAJOR:MINOR), like every dmfuse target.
 * The log sector size is always 512 (the kernel uses ``dev``'s logical block size).
 * Sector numbers are relative to the target's start (the kernel logs the mapped device's
   sector and also sends I/O there); they are the same for the usual ``0 N log-writes`` table.
