@@ -1,0 +1,1 @@
+"""dm-crypt building blocks: cipher spec parsing and IV generators (pure), sector encryption."""

@@ -1,0 +1,310 @@
+"""crypt — transparent encryption, sector for sector the ciphertext the kernel's dm-crypt writes.
+
+Table:   ``<start> <length> crypt <cipher> <key> <iv_offset> <dev> <offset> [<#opt> <opt>...]``
+  ``cipher``     ``cipher[:keycount]-chainmode-ivmode[:ivopts]`` (``aes-xts-plain64``,
+                 ``aes-cbc-essiv:sha256``, ``aes:2-cbc-plain64``, ``aes-ecb``, just ``aes`` =
+                 ``aes-cbc-plain``) or ``capi:<api>-ivmode[:ivopts]`` (``capi:xts(aes)-plain64``)
+  ``key``        hex (``2 * key size`` digits), ``-`` for no key (``cipher_null``), or a kernel
+                 keyring reference ``:<key_size>:<logon|user|encrypted|trusted>:<description>``
+  ``iv_offset``  added to the sector number before the IV is made (multiple of the unit)
+  ``dev``        the ciphertext device; ``offset``: where the ciphertext starts on it, in sectors
+  options (at most 9, any case): ``allow_discards``, ``same_cpu_crypt``,
+                 ``submit_from_crypt_cpus``, ``no_read_workqueue``, ``no_write_workqueue``,
+                 ``high_priority``, ``sector_size:<512..4096, power of two>``,
+                 ``iv_large_sectors`` (IVs count ``sector_size`` units, not 512-byte sectors)
+Ciphers: AES in ``xts`` (256/512-bit keys), ``cbc``, ``ctr``, ``ecb`` and ``cipher_null-ecb``;
+IV modes ``plain``, ``plain64``, ``plain64be``, ``essiv:<hash>``, ``benbi``, ``null`` (all with
+OpenSSL through ``cryptography``; see :mod:`dmfuse.crypt`).
+Mapping: unit ``u`` (``sector_size`` bytes at target byte ``o``) is encrypted with IV sector
+  ``o/512 + iv_offset`` (``>> log2(sector_size/512)`` with ``iv_large_sectors``) and stored at
+  byte ``offset*512 + o`` of ``dev``.  The device reads and writes whole units (partial ones
+  are read-modify-written above the target).
+Status:  empty.
+Table:   ``<cipher as given> <key> <iv_offset> <dev> <offset>`` then, if any, ``<count>`` and the
+  options in the kernel's order (allow_discards same_cpu_crypt high_priority
+  submit_from_crypt_cpus no_read_workqueue no_write_workqueue sector_size:N
+  iv_large_sectors), lowercase, each once.  The key prints as lowercase hex; ``table``
+  without ``--showkeys`` turns every hex digit into ``0`` (as dmsetup does); a keyring
+  reference prints as given.
+Messages (only while suspended, else EINVAL): ``key set <key>`` (same key size), ``key wipe``.
+  A device whose key was wiped (or failed to set) refuses to resume with EAGAIN.
+Flush passes down.  Discard: a punch-hole on a crypt range fails with EOPNOTSUPP and changes
+  nothing, with or without ``allow_discards``: the discarded ciphertext would read back as
+  garbage, never as the zeros a punch-hole promises (project decision, dm-spec top).
+  Zero-range writes encrypted zeros, like the kernel's fallback (dm-crypt has no write-zeroes).
+
+Differences from the kernel:
+* Keyring keys (``:<size>:<type>:<desc>``) are parsed and checked, then refused with ENOKEY:
+  dmfuse has no access to the kernel keyring (``logon`` keys cannot be read by userspace).
+* OpenSSL has no AES-192-XTS (384-bit XTS keys) and refuses XTS keys whose two halves are
+  equal; the kernel accepts both.  IV modes ``lmk``, ``tcw``, ``eboiv``, ``elephant`` and
+  ``random`` (AEAD/integrity) and the ``integrity:`` option are refused with a clear error.
+* The ``same_cpu_crypt``/``*_workqueue``/``high_priority`` options only tune the kernel's
+  threads; they are accepted and echoed, and change nothing here.
+* A misaligned unit reaching the target (only possible from a stacked device) fails with EIO,
+  like the kernel's DM_MAPIO_KILL; the device file itself read-modify-writes partial units.
+
+Speed (1M sequential fio through a real mount, vs ``linear`` on the same file): see
+``Crypt.THREAD_MIN`` below for how encryption is kept off the trio thread for large requests.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+from collections.abc import Sequence
+
+import trio
+
+from dmfuse.args import parse_unsigned
+from dmfuse.backends.base import Backend
+from dmfuse.crypt.cipherspec import (
+    CipherSpec,
+    decode_hex_key,
+    key_size,
+    mask_key,
+    parse_cipher,
+)
+from dmfuse.crypt.sectors import SectorCipher
+from dmfuse.errors import DmError, InvalidArgument, IOFailure, TableError
+from dmfuse.target import DeviceOpener, Limits, Target, check_area, register
+
+# Feature flags in the order the kernel's crypt_status prints them.
+_FLAGS = (
+    "allow_discards",
+    "same_cpu_crypt",
+    "high_priority",
+    "submit_from_crypt_cpus",
+    "no_read_workqueue",
+    "no_write_workqueue",
+)
+_SECTOR_SIZE = re.compile(r"sector_size:([0-9]+)\Z")
+_INTEGRITY = re.compile(r"integrity:([0-9]+):")
+_KEY_TYPES = ("logon", "user", "encrypted", "trusted")
+_MAX_FEATURES = 9
+
+
+class _Options:
+    __slots__ = ("flags", "iv_large", "sector_size")
+
+    def __init__(self) -> None:
+        self.flags: set[str] = set()
+        self.sector_size = 512
+        self.iv_large = False
+
+
+def _parse_options(words: Sequence[str], length: int) -> _Options:
+    """``crypt_ctr_optional``: ``<count> <opt>...`` (words after the fifth argument)."""
+    opts = _Options()
+    try:
+        count = parse_unsigned(words[0], "feature count", maximum=_MAX_FEATURES)
+    except TableError:
+        raise TableError("Invalid number of feature args") from None
+    if count > len(words) - 1:
+        raise TableError("Invalid number of feature args")
+    for word in words[1 : 1 + count]:  # like the kernel, words after the group are ignored
+        lower = word.lower()
+        if lower in _FLAGS:
+            opts.flags.add(lower)
+        elif (match := _INTEGRITY.match(word)) is not None:
+            tag = int(match.group(1))
+            if tag == 0 or tag > 480:
+                raise TableError("Invalid integrity arguments")
+            if word[match.end() :].lower() not in ("aead", "none"):
+                raise TableError("Unknown integrity profile")
+            raise TableError("Integrity profile not supported.")
+        elif (match := _SECTOR_SIZE.match(word)) is not None:
+            size = int(match.group(1)) & 0xFFFF  # "%hu": the kernel keeps the low 16 bits
+            if size < 512 or size > 4096 or size & (size - 1):
+                raise TableError("Invalid feature value for sector_size")
+            if (length // 512) % (size // 512):
+                raise TableError("Device size is not multiple of sector_size feature")
+            opts.sector_size = size
+        elif lower == "iv_large_sectors":
+            opts.iv_large = True
+        else:
+            raise TableError("Invalid feature arguments")
+    return opts
+
+
+def _check_keyring(text: str) -> None:
+    """``crypt_set_keyring_key`` up to the keyring lookup, which dmfuse cannot do."""
+    ref = text[1:].partition(":")[2]  # "<type>:<description>"
+    key_type, colon, desc = ref.partition(":")
+    if not colon or not key_type or not desc or key_type not in _KEY_TYPES or " " in ref:
+        raise TableError("Error decoding and setting key")
+    raise TableError(
+        "Error decoding and setting key: kernel keyring keys are not available to dmfuse "
+        "(give the key in hex)",
+        errno.ENOKEY,
+    )
+
+
+@register
+class Crypt(Target):
+    name = "crypt"
+    version = (1, 28, 0)
+
+    # Requests at least this large are encrypted in a worker thread (OpenSSL releases the GIL
+    # while it works), so other I/O keeps flowing on the trio thread; smaller ones inline,
+    # where a thread hop would cost more than the cipher work.
+    THREAD_MIN = 64 * 1024
+
+    def __init__(
+        self,
+        length: int,
+        spec: CipherSpec,
+        key: bytes,
+        cipher: SectorCipher,
+        iv_offset: int,
+        dev: Backend,
+        offset_sectors: int,
+        opts: _Options,
+    ) -> None:
+        super().__init__(length)
+        self.spec = spec
+        self.key = key
+        self.key_valid = True
+        self.cipher = cipher
+        self.iv_offset = iv_offset
+        self.dev = dev
+        self.offset_sectors = offset_sectors
+        self.base = offset_sectors * 512
+        self.opts = opts
+        self.unit = opts.sector_size
+        self.suspended = False  # the kernel's DM_CRYPT_SUSPENDED (postsuspend .. resume)
+        self.limits = Limits(
+            flush_bios=1,
+            discard_bios=1 if "allow_discards" in opts.flags else 0,
+            discard_zeroes=False,
+            write_zeroes=False,
+            block_size=opts.sector_size,
+        )
+
+    @classmethod
+    async def construct(cls, opener: DeviceOpener, length: int, args: Sequence[str]) -> Crypt:
+        if len(args) < 5:
+            raise TableError("Not enough arguments")
+        size = key_size(args[1])
+        # The kernel reads the optional parameters before the cipher (sector_size matters).
+        opts = _parse_options(args[5:], length) if len(args) > 5 else _Options()
+        spec = parse_cipher(args[0])
+        key = _decode_key(args[1], size)
+        cipher = SectorCipher(spec, key, opts.sector_size, opts.iv_large)
+        try:
+            iv_offset = parse_unsigned(args[2], "iv_offset")
+        except TableError:
+            raise TableError("Invalid iv_offset sector") from None
+        if iv_offset % (opts.sector_size // 512):
+            raise TableError("Invalid iv_offset sector")
+        dev = opener.open(args[3])
+        try:
+            start = parse_unsigned(args[4], "device sector")
+        except TableError:
+            raise TableError("Invalid device sector") from None
+        return cls(length, spec, key, cipher, iv_offset, dev, start, opts)
+
+    # -- I/O ---------------------------------------------------------------------------------
+    def _sector(self, offset: int, length: int) -> int:
+        if offset % self.unit or length % self.unit:
+            raise IOFailure(f"crypt: I/O not aligned to the {self.unit}-byte sector size")
+        return offset // 512 + self.iv_offset
+
+    async def read(self, offset: int, buf: memoryview) -> None:
+        sector = self._sector(offset, len(buf))
+        await self.dev.read(self.base + offset, buf)
+        if len(buf) >= self.THREAD_MIN:
+            await trio.to_thread.run_sync(self.cipher.decrypt, buf, sector)
+        else:
+            self.cipher.decrypt(buf, sector)
+
+    async def write(self, offset: int, data: memoryview) -> None:
+        sector = self._sector(offset, len(data))
+        out = bytearray(data)  # never encrypt the caller's buffer in place
+        view = memoryview(out)
+        if len(out) >= self.THREAD_MIN:
+            await trio.to_thread.run_sync(self.cipher.encrypt, view, sector)
+        else:
+            self.cipher.encrypt(view, sector)
+        await self.dev.write(self.base + offset, view)
+
+    async def discard(self, offset: int, length: int) -> None:
+        # Reached only if the device layer ever passes non-zeroing discards down (punch-hole
+        # refuses crypt ranges first): the kernel remaps the discard unencrypted.
+        if not self.limits.discard_bios:
+            raise IOFailure("crypt: discards are not enabled (allow_discards)", errno.EOPNOTSUPP)
+        await self.dev.discard(self.base + offset, length)
+
+    # -- description -------------------------------------------------------------------------
+    def _key_text(self) -> str:
+        return self.key.hex() if self.key else "-"
+
+    def table(self, showkeys: bool = False) -> str:
+        words = [self.spec.text, self._key_text(), str(self.iv_offset)]
+        words += [self.dev.display, str(self.offset_sectors)]
+        features = [flag for flag in _FLAGS if flag in self.opts.flags]
+        if self.unit != 512:
+            features.append(f"sector_size:{self.unit}")
+        if self.opts.iv_large:
+            features.append("iv_large_sectors")
+        if features:
+            words += [str(len(features)), *features]
+        text = " ".join(words)
+        return text if showkeys else mask_key(text)
+
+    def devices(self) -> list[Backend]:
+        return [self.dev]
+
+    def check_fits(self) -> None:
+        check_area(self.dev, self.base, self.length)
+
+    # -- messages and lifecycle --------------------------------------------------------------
+    async def message(self, argv: Sequence[str]) -> str | None:
+        if len(argv) >= 2 and argv[0].lower() == "key":
+            if not self.suspended:
+                raise InvalidArgument("crypt: not suspended during key manipulation.")
+            action = argv[1].lower()
+            if len(argv) == 3 and action == "set":
+                self._set_key(argv[2])
+                return None
+            if len(argv) == 2 and action == "wipe":
+                self.key_valid = False
+                self.key = bytes(len(self.key))
+                self.cipher.wipe()
+                return None
+        raise InvalidArgument("crypt: unrecognised message received.")
+
+    def _set_key(self, text: str) -> None:
+        """``key set``: the key size may not change; a failed set leaves no valid key."""
+        try:
+            size = key_size(text)
+        except TableError:
+            size = -1
+        if size != len(self.key):
+            raise InvalidArgument("crypt: key set: the key size may not be changed")
+        self.key_valid = False  # cleared first, as in crypt_set_key
+        try:
+            key = _decode_key(text, size)
+            self.cipher.set_key(key)
+        except TableError as exc:
+            raise DmError(f"crypt: key set: {exc.message}", exc.errno) from None
+        self.key = key
+        self.key_valid = True
+
+    async def postsuspend(self) -> None:
+        self.suspended = True
+
+    async def preresume(self) -> None:
+        if not self.key_valid:
+            raise DmError("crypt: aborting resume - crypt key is not set.", errno.EAGAIN)
+
+    async def resume(self) -> None:
+        self.suspended = False
+
+
+def _decode_key(text: str, size: int) -> bytes:
+    if text.startswith(":"):
+        if size == 0:
+            raise TableError("Error decoding and setting key")
+        _check_keyring(text)
+    return decode_hex_key(text, size)

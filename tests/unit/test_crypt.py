@@ -1,0 +1,327 @@
+"""crypt: cipher spec parsing, IV generators, the target through the engine (no FUSE)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from dmfuse.crypt.cipherspec import CipherSpec, key_size, mask_key, parse_cipher
+from dmfuse.crypt.ivgen import benbi_shift, generator
+from dmfuse.engine.manager import Manager
+from dmfuse.errors import DmError, TableError
+from tests.conftest import pattern
+
+K32 = bytes(range(32)).hex()
+K64 = bytes(range(64)).hex()
+MiB = 1 << 20
+
+
+# -- cipher specs (pure) ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "cipher", "chain", "ivmode", "ivopts", "keycount"),
+    [
+        ("aes-xts-plain64", "aes", "xts", "plain64", None, 1),
+        ("aes-cbc-essiv:sha256", "aes", "cbc", "essiv", "sha256", 1),
+        ("aes", "aes", "cbc", "plain", None, 1),
+        ("aes-plain", "aes", "cbc", "plain", None, 1),
+        ("aes-ecb", "aes", "ecb", None, None, 1),
+        ("aes-cbc-", "aes", "cbc", "", None, 1),
+        ("aes:2-cbc-plain64", "aes", "cbc", "plain64", None, 2),
+        ("aes-xts-plain64-x", "aes", "xts", "plain64-x", None, 1),
+        ("capi:xts(aes)-plain64", "aes", "xts", "plain64", None, 1),
+        ("capi:cbc(aes)-essiv:sha256", "aes", "cbc", "essiv", "sha256", 1),
+        ("capi:ecb(aes)", "aes", "ecb", None, None, 1),
+        ("cipher_null-ecb", "cipher_null", "ecb", None, None, 1),
+    ],
+)
+def test_parse_cipher(
+    text: str, cipher: str, chain: str, ivmode: str | None, ivopts: str | None, keycount: int
+) -> None:
+    assert parse_cipher(text) == CipherSpec(text, cipher, chain, ivmode, ivopts, keycount)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("aes-cbc", "IV mechanism required"),
+        ("aes-", "IV mechanism required"),
+        ("aes-cbc-essiv", "Digest algorithm missing for ESSIV mode"),
+        ("capi:cbc(aes)-essiv", "Digest algorithm missing for ESSIV mode"),
+        ("aes:3-cbc-plain64", "Bad cipher key count specification"),
+        ("aes:0-cbc-plain64", "Bad cipher key count specification"),
+        ("aes:x-cbc-plain64", "Bad cipher key count specification"),
+        ("aes(x)-cbc-plain64", "Bad cipher specification"),
+        ("capi:authenc(hmac(sha256),xts(aes))-random", "Error allocating crypto tfm"),
+    ],
+)
+def test_parse_cipher_errors(text: str, error: str) -> None:
+    with pytest.raises(TableError, match=error):
+        parse_cipher(text)
+
+
+def test_key_size_and_masking() -> None:
+    assert key_size(K64) == 64 and key_size("-") == 0 and key_size("abc") == 1
+    assert key_size(":64:logon:cryptsetup:x-d0") == 64
+    for bad in (":64", ":x:logon:a", ":-1:user:a"):
+        with pytest.raises(TableError, match="Cannot parse key size"):
+            key_size(bad)
+    assert mask_key(f"aes-xts-plain64 {K32} 0 /d 0") == f"aes-xts-plain64 {'0' * 64} 0 /d 0"
+    assert mask_key("aes-xts-plain64 :64:logon:d 0 /d 0") == "aes-xts-plain64 :64:logon:d 0 /d 0"
+    assert mask_key("cipher_null-ecb - 0 /d 0") == "cipher_null-ecb - 0 /d 0"
+
+
+# -- IV generators (pure) --------------------------------------------------------------------
+def test_iv_generators() -> None:
+    s = 0x0123456789ABCDEF
+    assert generator("plain", 16)(s) == bytes.fromhex("efcdab89") + bytes(12)
+    assert generator("plain64", 16)(s) == s.to_bytes(8, "little") + bytes(8)
+    assert generator("essiv", 16)(s) == s.to_bytes(8, "little") + bytes(8)
+    assert generator("plain64be", 16)(s) == bytes(8) + s.to_bytes(8, "big")
+    assert generator("null", 16)(s) == bytes(16)
+    # benbi counts 16-byte cipher blocks from 1: sector 3 -> 3 * 32 + 1
+    assert benbi_shift(16) == 5
+    assert generator("benbi", 16, 5)(3) == bytes(8) + (97).to_bytes(8, "big")
+    assert generator("plain", 16)(2**32 + 5) == generator("plain", 16)(5)  # wraps at 2 TiB
+    with pytest.raises(ValueError, match="power of 2"):
+        benbi_shift(24)
+
+
+# -- the target through the engine ----------------------------------------------------------
+def xts_decrypt(
+    raw: bytes, key: bytes, first_sector: int, unit: int = 512, shift: int = 0
+) -> bytes:
+    """An independent aes-xts-plain64 (oracles.md 2.3): one XTS call per unit."""
+    out = b""
+    for i in range(0, len(raw), unit):
+        tweak = ((first_sector + i // 512) >> shift).to_bytes(16, "little")
+        dec = Cipher(algorithms.AES(key), modes.XTS(tweak)).decryptor()
+        out += dec.update(raw[i : i + unit])
+    return out
+
+
+async def test_xts_plain64_roundtrip_offset_and_table(make_file: Callable[..., str]) -> None:
+    disk = make_file("disk.img", MiB, seed=None)
+    m = Manager()
+    await m.create("c", f"0 1024 crypt aes-xts-plain64 {K64.upper()} 7 {disk} 512")
+    dev = m.get("c")
+    data = pattern(0, 8192, seed=3)
+    await dev.write(4096, memoryview(data))
+    assert bytes(await dev.read(4096, 8192)) == data
+    with open(disk, "rb") as fh:
+        fh.seek(512 * 512 + 4096)
+        raw = fh.read(8192)
+    assert raw != data
+    assert xts_decrypt(raw, bytes(range(64)), 8 + 7) == data  # sector 8 + iv_offset 7
+    # the key prints lowercase with --showkeys, as zeros without
+    assert m.table("c", showkeys=True)[0]["lines"] == [
+        f"0 1024 crypt aes-xts-plain64 {K64} 7 {disk} 512"
+    ]
+    assert m.table("c")[0]["lines"] == [f"0 1024 crypt aes-xts-plain64 {'0' * 128} 7 {disk} 512"]
+    assert m.status("c")[0]["lines"] == ["0 1024 crypt "]
+
+
+async def test_options_echoed_in_kernel_order(make_file: Callable[..., str]) -> None:
+    disk = make_file("disk.img", MiB, seed=None)
+    m = Manager()
+    opts = (
+        "9 iv_large_sectors sector_size:4096 no_write_workqueue no_read_workqueue "
+        "submit_from_crypt_cpus same_cpu_crypt ALLOW_DISCARDS high_priority allow_discards"
+    )
+    await m.create("c", f"0 2048 crypt aes-xts-plain64 {K64} 0 {disk} 0 {opts}")
+    assert m.table("c", showkeys=True)[0]["lines"] == [
+        f"0 2048 crypt aes-xts-plain64 {K64} 0 {disk} 0 8 allow_discards same_cpu_crypt "
+        "high_priority submit_from_crypt_cpus no_read_workqueue no_write_workqueue "
+        "sector_size:4096 iv_large_sectors"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ("aes-xts-plain64 {k64} 0 {disk}", "Not enough arguments"),
+        ("aes-xts-plain64 :64 0 {disk} 0", "Cannot parse key size"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 x", "Invalid number of feature args"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 2 allow_discards", "Invalid number of feature args"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 10 " + "same_cpu_crypt " * 10, "feature args"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 1 bogus", "Invalid feature arguments"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 1 sector_size:4096x", "Invalid feature arguments"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 1 sector_size:1000", "Invalid feature value"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 1 sector_size:8192", "Invalid feature value"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 1 sector_size:256", "Invalid feature value"),
+        ("aes-xts-plain64 {k64} 3 {disk} 0 1 sector_size:4096", "Invalid iv_offset sector"),
+        ("aes-xts-plain64 {k64} x {disk} 0", "Invalid iv_offset sector"),
+        ("aes-xts-plain64 {k64} -1 {disk} 0", "Invalid iv_offset sector"),
+        ("aes-xts-plain64 {k64} 0 {disk} x", "Invalid device sector"),
+        ("aes-xts-plain64 {k64}zz 0 {disk} 0", "Error decoding and setting key"),
+        ("aes-xts-plain64 {k32}zz 0 {disk} 0", "Error decoding and setting key"),
+        ("aes-xts-plain64 - 0 {disk} 0", "Error decoding and setting key"),
+        ("aes-xts-plain64 {k32}{k32} 0 {disk} 0", "equal halves"),
+        ("aes-cbc-plain64 {k64} 0 {disk} 0", "Error decoding and setting key"),
+        ("aes-cbc-essiv:sha512 {k32} 0 {disk} 0", "Error decoding and setting key"),
+        ("aes-cbc-essiv:nohash {k32} 0 {disk} 0", "Error allocating crypto tfm"),
+        ("aes-foo-plain64 {k32} 0 {disk} 0", "Error allocating crypto tfm"),
+        ("foo-cbc-plain64 {k32} 0 {disk} 0", "Error allocating crypto tfm"),
+        ("aes-cbc-bogus {k32} 0 {disk} 0", "Invalid IV mode"),
+        ("aes-cbc-lmk {k32} 0 {disk} 0", "IV mode lmk is not supported by dmfuse"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 1 integrity:28:aead", "Integrity profile"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 1 integrity:0:aead", "Invalid integrity arguments"),
+        ("aes-xts-plain64 {k64} 0 {disk} 0 1 integrity:8:foo", "Unknown integrity profile"),
+        ("aes-xts-plain64 :64:bad:foo 0 {disk} 0", "Error decoding and setting key"),
+        ("aes-xts-plain64 {k64} 0 /nonexistent/x 0", "Device lookup failed"),
+    ],
+)
+async def test_constructor_errors(make_file: Callable[..., str], args: str, error: str) -> None:
+    disk = make_file("disk.img", MiB, seed=None)
+    m = Manager()
+    text = "0 2048 crypt " + args.format(k64=K64, k32=K32, disk=disk)
+    with pytest.raises(TableError, match=error) as exc:
+        await m.create("c", text)
+    assert exc.value.errno == errno.EINVAL
+    assert K32 not in str(exc.value)  # never echo the key
+    assert "c" not in m.devices
+
+
+async def test_sector_size_not_dividing_length(make_file: Callable[..., str]) -> None:
+    disk = make_file("disk.img", MiB, seed=None)
+    with pytest.raises(TableError, match="Device size is not multiple of sector_size feature"):
+        await Manager().create(
+            "c", f"0 2047 crypt aes-xts-plain64 {K64} 0 {disk} 0 1 sector_size:1024"
+        )
+
+
+async def test_keyring_key_is_a_clear_error(make_file: Callable[..., str]) -> None:
+    disk = make_file("disk.img", MiB, seed=None)
+    with pytest.raises(TableError, match="keyring keys are not available") as exc:
+        await Manager().create("c", f"0 2048 crypt aes-xts-plain64 :64:logon:cs:x-d0 0 {disk} 0")
+    assert exc.value.errno == errno.ENOKEY
+
+
+async def test_key_messages_only_while_suspended_and_wiped_key_vetoes_resume(
+    make_file: Callable[..., str],
+) -> None:
+    disk = make_file("disk.img", MiB, seed=None)
+    m = Manager()
+    await m.create("c", f"0 2048 crypt aes-xts-plain64 {K64} 0 {disk} 0")
+    dev = m.get("c")
+    data = pattern(0, 4096, seed=5)
+    await dev.write(0, memoryview(data))
+    for msg in ("key wipe", f"key set {K64}"):
+        with pytest.raises(DmError, match="not suspended") as exc:
+            await m.message("c", 0, msg)
+        assert exc.value.errno == errno.EINVAL
+    await m.suspend("c")
+    for msg in ("foo", "key", "key foo", "key wipe extra", f"key set {K32}", "key set :64:x"):
+        with pytest.raises(DmError) as exc:
+            await m.message("c", 0, msg)
+        assert exc.value.errno == errno.EINVAL
+        assert K32 not in str(exc.value)
+    await m.message("c", 0, "KEY WIPE")
+    assert m.table("c", showkeys=True)[0]["lines"][0].split()[4] == "0" * 128
+    with pytest.raises(DmError, match="crypt key is not set") as exc:
+        await m.resume("c")
+    assert exc.value.errno == errno.EAGAIN and dev.suspended
+    # a bad key (right size) leaves the key unset as well
+    with pytest.raises(DmError, match="Error decoding and setting key"):
+        await m.message("c", 0, "key set " + "zz" * 64)
+    with pytest.raises(DmError, match="crypt key is not set"):
+        await m.resume("c")
+    await m.message("c", 0, f"key set {K64}")
+    await m.resume("c")
+    assert not dev.suspended
+    assert bytes(await dev.read(0, 4096)) == data
+    assert m.table("c", showkeys=True)[0]["lines"][0].split()[4] == K64
+
+
+async def test_punch_hole_refused_and_nothing_changes(make_file: Callable[..., str]) -> None:
+    disk = make_file("disk.img", MiB, seed=None)
+    m = Manager()
+    await m.create("c", f"0 2048 crypt aes-xts-plain64 {K64} 0 {disk} 0 1 allow_discards")
+    dev = m.get("c")
+    data = pattern(0, 8192, seed=9)
+    await dev.write(0, memoryview(data))
+    before = open(disk, "rb").read()
+    with pytest.raises(DmError) as exc:
+        await dev.discard(0, 8192)
+    assert exc.value.errno == errno.EOPNOTSUPP
+    assert open(disk, "rb").read() == before
+    # zero-range writes encrypted zeros (dm-crypt has no write-zeroes of its own)
+    await dev.discard(512, 1024, zero_fill=True)
+    got = bytes(await dev.read(0, 8192))
+    assert got == data[:512] + bytes(1024) + data[1536:]
+    with open(disk, "rb") as fh:
+        fh.seek(512)
+        assert fh.read(1024) != bytes(1024)
+
+
+async def test_4096_units_read_modify_write_under_concurrency(
+    make_file: Callable[..., str],
+) -> None:
+    """Many overlapping unaligned writes at once: the result equals a flat model."""
+    disk = make_file("disk.img", MiB, seed=None)
+    m = Manager()
+    await m.create(
+        "c",
+        f"0 512 crypt aes-cbc-essiv:sha256 {K32} 8 {disk} 0 2 sector_size:4096 iv_large_sectors",
+    )
+    dev = m.get("c")
+    size = 512 * 512
+    model = bytearray(bytes(await dev.read(0, size)))
+    rng = __import__("random").Random(4)
+    jobs = []
+    for i in range(60):
+        off = rng.randrange(0, size - 1)
+        n = rng.randrange(1, min(20000, size - off))
+        jobs.append((off, pattern(off, n, seed=i)))
+
+    async def one(off: int, chunk: bytes) -> None:
+        await dev.write(off, memoryview(chunk))
+
+    # apply in order of completion is nondeterministic for overlaps: keep writes disjoint per
+    # round so the model is exact, but run each round concurrently
+    rounds: list[list[tuple[int, bytes]]] = []
+    for off, chunk in jobs:
+        for rnd in rounds:
+            if all(off + len(chunk) <= o or o + len(c) <= off for o, c in rnd):
+                rnd.append((off, chunk))
+                break
+        else:
+            rounds.append([(off, chunk)])
+    for rnd in rounds:
+        async with trio.open_nursery() as nursery:
+            for off, chunk in rnd:
+                nursery.start_soon(one, off, chunk)
+        for off, chunk in rnd:
+            model[off : off + len(chunk)] = chunk
+    assert bytes(await dev.read(0, size)) == bytes(model)
+    assert bytes(await dev.read(4095, 3)) == bytes(model[4095:4098])
+
+
+async def test_misaligned_unit_reaching_target_is_eio(make_file: Callable[..., str]) -> None:
+    """A stacked device's exact read bypasses read-modify-write: the target refuses it."""
+    disk = make_file("disk.img", MiB, seed=None)
+    m = Manager()
+    await m.create("c", f"0 2048 crypt aes-xts-plain64 {K64} 0 {disk} 0 1 sector_size:4096")
+    buf = bytearray(512)
+    with pytest.raises(DmError) as exc:
+        await m.get("c").read_into(512, memoryview(buf))
+    assert exc.value.errno == errno.EIO
+
+
+async def test_large_requests_use_worker_threads_and_agree(make_file: Callable[..., str]) -> None:
+    disk = make_file("disk.img", 4 * MiB, seed=None)
+    m = Manager()
+    await m.create("c", f"0 8192 crypt aes-xts-plain64 {K64} 0 {disk} 0")
+    dev = m.get("c")
+    big = os.urandom(MiB)
+    await dev.write(0, memoryview(big))  # threaded (>= THREAD_MIN)
+    small = bytearray()
+    for off in range(0, MiB, 4096):  # inline
+        small += await dev.read(off, 4096)
+    assert bytes(small) == big
+    with open(disk, "rb") as fh:
+        assert xts_decrypt(fh.read(MiB), bytes(range(64)), 0) == big
