@@ -62,6 +62,11 @@ def _target(m: Manager, name: str = "f") -> Flakey:
         ("0 180 5 corrupt_bio_byte 1 r 0 4294967296", "0 180 5 corrupt_bio_byte 1 r 0 0"),
         ("4294967296 1", "0 1 2 error_reads error_writes"),
         ("0 180 1 drop_writes trailing words", "0 180 1 drop_writes"),
+        ("0 180 4294967297 drop_writes", "0 180 1 drop_writes"),
+        (
+            "0 180 3 drop_writes random_write_corrupt 5",
+            "0 180 3 drop_writes random_write_corrupt 5",
+        ),
     ],
 )
 async def test_table_strings_match_the_kernel(
@@ -111,6 +116,8 @@ async def test_table_strings_match_the_kernel(
         ),
         ("{a} 0 0 180 4 corrupt_bio_byte 1 r 0", "Invalid corrupt bio flags mask"),
         ("{a} 0 0 180 1 corrupt_bio_byte", "Feature corrupt_bio_byte requires parameters"),
+        ("{a} 0 0 180 2 corrupt_bio_byte 1", r"Invalid corrupt bio direction \(r or w\)"),
+        ("{a} 0 0 180 -1", "Invalid number of feature args"),
         ("{a} 0 0 180 5 corrupt_bio_byte 0 r 0 0", "Invalid corrupt bio byte"),
         ("{a} 0 0 180 5 corrupt_bio_byte 1 x 0 0", r"Invalid corrupt bio direction \(r or w\)"),
         (
