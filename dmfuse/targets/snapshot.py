@@ -1,0 +1,470 @@
+"""snapshot, snapshot-origin — copy-on-write snapshots of a device (dm-snap).
+
+Tables:
+  ``<start> <length> snapshot-origin <origin>``
+  ``<start> <length> snapshot <origin> <COW> <P|PO|N> <chunk_size> [<#features> <feature>...]``
+  ``P`` persistent store in the kernel's on-disk format (survives a remount), ``PO`` the same but
+  a full COW on a *snapshot* write gives ``Overflow`` instead of invalidating, ``N`` transient
+  (exceptions in memory, COW contents lost with the table).  The store type is read from its
+  first letter, case-insensitively, like the kernel (``p``, ``Nfoo`` work; ``PX`` does not).
+  ``chunk_size`` in sectors: a power of two, a multiple of both devices' logical block size,
+  at most ``INT_MAX >> 9``; ``0`` takes the COW header's (persistent) or the default 32.  A
+  persistent header's chunk size overrides the table's.  Features: ``discard_zeroes_cow``,
+  ``discard_passdown_origin`` (needs the former).
+
+Usage: the origin's own device is reloaded as ``snapshot-origin <origin>`` and each snapshot is
+a device ``snapshot <origin> <COW> P 16``.  Before a write to the origin lands, the old chunk is
+copied to every active, valid snapshot of that origin (the write waits until the exception is
+committed).  A snapshot reads a chunk from its COW if it has an exception, else from the origin;
+a write to a snapshot chunk without an exception copies the origin chunk in (skipped when the
+write covers the chunk) and commits the exception first.
+
+Status (INFO): ``<sectors_allocated>/<total_sectors> <metadata_sectors>``, or ``Invalid`` (COW
+full or I/O error; snapshot I/O fails with EIO, the origin keeps working and the persistent
+header is rewritten ``valid = 0``, a dm event is raised), or ``Overflow`` (``PO``: a snapshot
+write needing a new chunk found the COW full; that write fails with EIO, reads keep working).
+Transient: ``<allocated>/<total> 0``.  ``snapshot-origin`` INFO is empty.
+Table: ``<origin> <COW> <P|PO|N> <chunk_size>[ <n> discard_zeroes_cow[ discard_passdown_origin]]``
+and ``<origin>``.  Flush: ``snapshot`` flushes the COW, ``snapshot-origin`` the origin.
+
+Reloading a snapshot (a new table using the same COW while the old one exists) hands its
+exception store over at resume, as the kernel does: the new table shares the live store (so an
+``N`` snapshot keeps its exceptions); the resume is refused while the other table using the COW
+is live and not suspended, and the old table then fails I/O with EIO.
+
+Differences from the kernel:
+* offsets are target-relative; the kernel uses the device sector (a table starting at a
+  non-zero sector maps differently there; in practice these tables are one line from 0).
+* punch-hole is refused (EOPNOTSUPP) even with ``discard_zeroes_cow``: a discard of a chunk
+  without an exception leaves the origin data visible, not zeros.  The target's discard itself
+  behaves like the kernel's (zero whole exception chunks, pass down to the origin if asked).
+* the ``Invalid or corrupt snapshot`` load failure reports EINVAL (the kernel returns ENXIO).
+* ``snapshot-merge`` is not implemented.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import re
+import struct
+from collections.abc import Hashable, Sequence
+
+from dmfuse.backends.base import Backend
+from dmfuse.backends.file import FileBackend
+from dmfuse.errors import DmError, IOFailure, TableError
+from dmfuse.snapshot import origin as registry
+from dmfuse.snapshot.origin import Origin, storage_key
+from dmfuse.snapshot.store import (
+    ExceptionStore,
+    PersistentStore,
+    TransientStore,
+    check_chunk_size,
+)
+from dmfuse.target import DeviceOpener, Flushed, Limits, Target, check_area, register
+
+log = logging.getLogger(__name__)
+
+SECTOR = 512
+BLKSSZGET = 0x1268
+_KSTRTOUINT = re.compile(r"\+?[0-9]+\n?\Z")
+
+
+def logical_block_sectors(backend: Backend) -> int:
+    """A block device's logical block size in sectors; files count as 512-byte devices."""
+    if isinstance(backend, FileBackend) and backend.is_block:
+        raw = fcntl.ioctl(backend.fd, BLKSSZGET, b"\0" * 4)
+        return max(1, int(struct.unpack("i", raw)[0]) // SECTOR)
+    return 1
+
+
+@register
+class SnapshotOrigin(Target):
+    name = "snapshot-origin"
+    version = (1, 9, 0)
+
+    def __init__(self, length: int, dev: Backend, origin: Origin) -> None:
+        super().__init__(length)
+        self.dev = dev
+        self.origin = origin
+        self.limits = Limits(io_boundary=origin.min_chunk(), discard_bios=0, write_zeroes=False)
+
+    @classmethod
+    async def construct(
+        cls, opener: DeviceOpener, length: int, args: Sequence[str]
+    ) -> SnapshotOrigin:
+        if len(args) != 1:
+            raise TableError("origin: incorrect number of arguments")
+        dev = opener.open(args[0])
+        return cls(length, dev, registry.acquire(dev))
+
+    async def read(self, offset: int, buf: memoryview) -> None:
+        await self.dev.read(offset, buf)
+
+    async def write(self, offset: int, data: memoryview) -> None:
+        await self.origin.write(self.dev, offset, data)
+
+    def table(self, showkeys: bool = False) -> str:
+        return self.dev.display
+
+    def devices(self) -> list[Backend]:
+        return [self.dev]
+
+    def check_fits(self) -> None:
+        check_area(self.dev, 0, self.length)
+
+    async def destroy(self) -> None:
+        registry.release(self.origin)
+
+
+class _Shared:
+    """An exception store and the snapshot tables using its COW device (for handover)."""
+
+    def __init__(self, key: Hashable, store: ExceptionStore) -> None:
+        self.key = key
+        self.store = store
+        self.users: list[Snapshot] = []
+
+
+_STORES: dict[Hashable, _Shared] = {}
+
+
+@register
+class Snapshot(Target):
+    name = "snapshot"
+    version = (1, 16, 0)
+
+    def __init__(
+        self,
+        length: int,
+        origin_dev: Backend,
+        cow: Backend,
+        shared: _Shared,
+        origin: Origin,
+        *,
+        overflow_ok: bool,
+        discard_zeroes_cow: bool,
+        discard_passdown_origin: bool,
+    ) -> None:
+        super().__init__(length)
+        self.origin_dev = origin_dev
+        self.cow = cow
+        self.shared = shared
+        self.origin = origin
+        self.overflow_ok = overflow_ok
+        self.discard_zeroes_cow = discard_zeroes_cow
+        self.discard_passdown_origin = discard_passdown_origin
+        self.active = False  # set at resume: origin writes copy out only to active snapshots
+        self.suspended = False
+        self.handed_off = False  # another table took the store over: EIO from now on
+        discards = (2 if discard_passdown_origin else 1) if discard_zeroes_cow else 0
+        self.limits = Limits(
+            io_boundary=self.chunk,
+            discard_bios=discards,
+            discard_zeroes=False,
+            write_zeroes=False,
+        )
+
+    @property
+    def store(self) -> ExceptionStore:
+        return self.shared.store
+
+    @property
+    def chunk(self) -> int:
+        return self.shared.store.chunk
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    async def construct(cls, opener: DeviceOpener, length: int, args: Sequence[str]) -> Snapshot:
+        if len(args) < 4:
+            raise TableError("requires 4 or more arguments")
+        zeroes_cow, passdown = _parse_features(args[4:])
+        origin_dev = opener.open(args[0])
+        # The kernel compares device numbers before opening the COW; the key says the same here.
+        cow = opener.open(args[1])
+        if storage_key(cow) == storage_key(origin_dev):
+            raise TableError("COW device cannot be the same as origin device")
+        kind, chunk_sectors = _parse_store(args[2], args[3], origin_dev, cow)
+        key = storage_key(cow)
+        shared = _STORES.get(key)
+        if shared is not None:
+            if len(shared.users) >= 2:
+                raise TableError("Snapshot cow pairing for exception table handover failed")
+        else:
+            store = await _open_store(kind, cow, chunk_sectors, origin_dev)
+            shared = _STORES[key] = _Shared(key, store)
+        origin = registry.acquire(origin_dev)
+        target = cls(
+            length,
+            origin_dev,
+            cow,
+            shared,
+            origin,
+            overflow_ok=kind == "PO",
+            discard_zeroes_cow=zeroes_cow,
+            discard_passdown_origin=passdown,
+        )
+        shared.users.append(target)
+        origin.snapshots.append(target)
+        return target
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def postsuspend(self) -> None:
+        self.suspended = True
+
+    def _pairing(self) -> tuple[Snapshot | None, Snapshot | None]:
+        """``__find_snapshots_sharing_cow``: the active table using the COW and a waiting one."""
+        src = dest = None
+        for user in self.shared.users:
+            if user.active:
+                src = user
+            else:
+                dest = user
+        return src, dest
+
+    async def preresume(self) -> None:
+        src, dest = self._pairing()
+        if src is not None and dest is not None:
+            if src is self:
+                raise TableError("Unable to resume snapshot source until handover completes.")
+            if not src.suspended:
+                raise TableError("Unable to perform snapshot handover until source is suspended.")
+
+    async def resume(self) -> None:
+        src, dest = self._pairing()
+        if src is not None and dest is self:
+            src.handed_off = True  # the kernel marks the source invalid: no more I/O there
+        self.store.cow = self.cow
+        self.active = True
+        self.suspended = False
+
+    async def destroy(self) -> None:
+        self.active = False
+        if self in self.origin.snapshots:
+            self.origin.snapshots.remove(self)
+        registry.release(self.origin)
+        if self in self.shared.users:
+            self.shared.users.remove(self)
+        if not self.shared.users and _STORES.get(self.shared.key) is self.shared:
+            del _STORES[self.shared.key]
+
+    # -- I/O ---------------------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self.handed_off or not self.store.valid:
+            raise IOFailure("snapshot is invalid")
+
+    async def read(self, offset: int, buf: memoryview) -> None:
+        self._check_usable()
+        chunk_size = self.chunk
+        chunk, within = divmod(offset, chunk_size)
+        new = self.store.lookup(chunk)
+        if new is None:
+            start = chunk * chunk_size
+            async with self.origin.locks.hold(start, start + chunk_size):
+                new = self.store.lookup(chunk)
+                if new is None:
+                    await self.origin_dev.read(offset, buf)
+                    return
+        await self.cow.read(new * chunk_size + within, buf)
+
+    async def write(self, offset: int, data: memoryview) -> None:
+        self._check_usable()
+        chunk_size = self.chunk
+        chunk, within = divmod(offset, chunk_size)
+        new = self.store.lookup(chunk)
+        if new is None:
+            start = chunk * chunk_size
+            async with self.origin.locks.hold(start, start + chunk_size):
+                new = self.store.lookup(chunk)
+                if new is None:
+                    await self._new_exception(chunk, within, data)
+                    return
+        await self.cow.write(new * chunk_size + within, data)
+
+    async def _new_exception(self, chunk: int, within: int, data: memoryview) -> None:
+        """A snapshot write to a chunk without an exception (the chunk lock is held)."""
+        store = self.store
+        new = store.allocate()
+        if new is None:
+            if self.overflow_ok:
+                if store.valid and not store.overflowed:
+                    store.overflowed = True
+                    log.error("Snapshot overflowed: Unable to allocate exception.")
+            else:
+                await self._invalidate("Unable to allocate exception.")
+            raise IOFailure("snapshot COW device is full")
+        chunk_size = self.chunk
+        try:
+            if within == 0 and len(data) == chunk_size:
+                await self.cow.write(new * chunk_size, data)
+            else:
+                merged = await self._origin_chunk(chunk)
+                merged[within : within + len(data)] = data
+                await self.cow.write(new * chunk_size, memoryview(merged))
+        except (DmError, OSError):
+            await self._invalidate("Error reading/writing.")
+            raise
+        await store.commit(chunk, new)
+
+    async def _origin_chunk(self, chunk: int) -> bytearray:
+        """The origin's chunk (short at the end of the origin; the rest reads as zeros)."""
+        start = chunk * self.chunk
+        count = max(0, min(self.chunk, self.origin_dev.size() - start))
+        buf = bytearray(self.chunk)
+        if count:
+            await self.origin_dev.read(start, memoryview(buf)[:count])
+        return buf
+
+    # -- the origin's side (called with the origin's chunk lock held) --------------------------
+    def needs_copy(self, offset: int) -> bool:
+        return (
+            self.active
+            and not self.handed_off
+            and self.store.valid
+            and self.store.lookup(offset // self.store.chunk) is None
+        )
+
+    async def copy_out(self, offset: int) -> None:
+        store = self.store
+        chunk_size = store.chunk
+        chunk = offset // chunk_size
+        new = store.allocate()
+        if new is None:
+            # An origin write never overflows: it invalidates, even for PO (as the kernel).
+            await self._invalidate("Unable to allocate exception.")
+            return
+        try:
+            start = chunk * chunk_size
+            count = max(0, min(chunk_size, self.origin_dev.size() - start))
+            buf = bytearray(count)
+            await self.origin_dev.read(start, memoryview(buf))
+            await self.cow.write(new * chunk_size, memoryview(buf))
+            await store.commit(chunk, new)
+        except (DmError, OSError):
+            await self._invalidate("Error reading/writing.")
+
+    async def _invalidate(self, why: str) -> None:
+        if not self.store.valid:
+            return
+        log.error("Invalidating snapshot: %s", why)
+        await self.store.invalidate()
+        self.raise_event()
+
+    # -- flush and discard -------------------------------------------------------------------
+    async def flush(self, flushed: Flushed) -> None:
+        await flushed.flush(self.cow)
+
+    async def discard(self, offset: int, length: int) -> None:
+        """Zero the COW chunks of whole chunks with exceptions; pass down to the origin if asked."""
+        self._check_usable()
+        chunk_size = self.chunk
+        end = offset + length
+        pos = offset
+        while pos < end:
+            chunk, within = divmod(pos, chunk_size)
+            n = min(end - pos, chunk_size - within)
+            new = self.store.lookup(chunk)
+            if new is not None:
+                if n == chunk_size:
+                    await self.cow.write_zeroes(new * chunk_size, chunk_size)
+                else:
+                    await self.cow.discard(new * chunk_size + within, n)
+            pos += n
+        if self.discard_passdown_origin:
+            await self.origin_dev.discard(offset, length)
+
+    # -- description -------------------------------------------------------------------------
+    def status(self) -> str:
+        store = self.store
+        if self.handed_off or not store.valid:
+            return "Invalid"
+        if store.overflowed:
+            return "Overflow"
+        allocated, total, metadata = store.usage()
+        return f"{allocated}/{total} {metadata}"
+
+    def table(self, showkeys: bool = False) -> str:
+        kind = "N" if self.store.kind == "N" else ("PO" if self.overflow_ok else "P")
+        out = f"{self.origin_dev.display} {self.cow.display} {kind} {self.store.chunk_sectors}"
+        features = [
+            name
+            for name, on in (
+                ("discard_zeroes_cow", self.discard_zeroes_cow),
+                ("discard_passdown_origin", self.discard_passdown_origin),
+            )
+            if on
+        ]
+        if features:
+            out += f" {len(features)} " + " ".join(features)
+        return out
+
+    def devices(self) -> list[Backend]:
+        return [self.origin_dev, self.cow]
+
+    def check_fits(self) -> None:
+        check_area(self.origin_dev, 0, self.length)
+
+
+def _parse_features(words: Sequence[str]) -> tuple[bool, bool]:
+    """``parse_snapshot_features``: a group of at most 2; words after the group are ignored."""
+    if not words:
+        return False, False
+    count_text = words[0]
+    if not re.fullmatch(r"[0-9]+", count_text) or int(count_text) > 2:
+        raise TableError("Invalid number of feature arguments")
+    count = int(count_text)
+    if len(words) - 1 < count:
+        raise TableError("Invalid number of feature arguments")
+    zeroes = passdown = False
+    for word in words[1 : 1 + count]:
+        lowered = word.lower()
+        if lowered == "discard_zeroes_cow":
+            zeroes = True
+        elif lowered == "discard_passdown_origin":
+            passdown = True
+        else:
+            raise TableError("Unrecognised feature requested")
+    if passdown and not zeroes:
+        raise TableError("discard_passdown_origin feature depends on discard_zeroes_cow")
+    return zeroes, passdown
+
+
+def _parse_store(type_word: str, chunk_word: str, origin: Backend, cow: Backend) -> tuple[str, int]:
+    """``dm_exception_store_create``: every failure is "Couldn't create exception store"."""
+    letter = type_word[0].upper()
+    options = type_word[1:]
+    if letter == "P":
+        if options and options[0].upper() != "O":
+            log.error("Unsupported persistent store option: %s", options)
+            raise TableError("Couldn't create exception store")
+        kind = "PO" if options else "P"
+    elif letter == "N":
+        kind = "N"
+    else:
+        log.error("Exception store type is not P or N")
+        raise TableError("Couldn't create exception store")
+    if not _KSTRTOUINT.match(chunk_word) or int(chunk_word.strip()) > 2**32 - 1:
+        log.error("Invalid chunk size")
+        raise TableError("Couldn't create exception store")
+    chunk_sectors = int(chunk_word.strip())
+    if chunk_sectors:
+        try:
+            check_chunk_size(chunk_sectors, _min_chunk(origin, cow))
+        except TableError as exc:
+            log.warning("%s", exc)
+            raise TableError("Couldn't create exception store") from None
+    elif kind == "N":
+        raise TableError("Chunk size not set")
+    return kind, chunk_sectors
+
+
+def _min_chunk(origin: Backend, cow: Backend) -> int:
+    return max(logical_block_sectors(origin), logical_block_sectors(cow))
+
+
+async def _open_store(
+    kind: str, cow: Backend, chunk_sectors: int, origin: Backend
+) -> ExceptionStore:
+    if kind == "N":
+        return TransientStore(cow, chunk_sectors)
+    return await PersistentStore.open(cow, chunk_sectors, _min_chunk(origin, cow))
