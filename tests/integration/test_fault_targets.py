@@ -5,9 +5,16 @@ unstriped."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+from pathlib import Path
 
+import pytest
+import trio
+
+from dmfuse.engine.manager import Manager
+from dmfuse.errors import DmError
 from tests.conftest import pattern
 from tests.integration.harness import Mount
 
@@ -165,3 +172,125 @@ def test_cli_strings_and_messages(mnt: Mount) -> None:
     assert mnt.cli("table", "un").stdout == "0 2048 unstriped 2 8 1 /dev/mapper/st 0\n"
     with open(mnt.dev("un"), "rb") as fh:
         assert fh.read() == pattern(0, MiB, seed=1)
+
+
+# Table lines run through the real kernel (6.12, kdm-vm.sh) and through dmfuse: the same
+# accepted/refused verdict, the same ``dmsetup table`` and ``status`` strings, the same error.
+KERNEL_CASES = [
+    "delay {A} 0 0",
+    "delay {A} 8 500 {B} 16 20",
+    "delay {A} 8 500 {B} 16 20 {A} 0 70",
+    "delay {A} 8",
+    "delay {A} 1x 500",
+    "delay {A} 8 5x",
+    "delay {A} 8 -1",
+    "delay {A} 8 4294967296",
+    "delay {A} 8 1 {B} 1 5 {A} 0 x",
+    "flakey {A} 0 180 0",
+    "flakey {A} 0 180 0 0",
+    "flakey {A} 0 0 180 2 drop_writes error_reads",
+    "flakey {A} 0 0 180 1 DROP_WRITES",
+    "flakey {A} 0 0 180 5 corrupt_bio_byte 32 w 255 0",
+    "flakey {A} 0 0 180 4 random_write_corrupt 5 random_read_corrupt 0",
+    "flakey {A} 0 0 180 3 error_reads random_read_corrupt 1",
+    "flakey {A} 0 0 180 4 random_read_corrupt 1 random_read_corrupt 2",
+    "flakey {A} 0 0 180 1 drop_writes trailing words",
+    "flakey {A} 0 0 180 1 ignore_zero_blocks",
+    "flakey {A} 0 0 180 2 drop_writes error_writes",
+    "flakey {A} 0 0 180 2 error_reads error_reads",
+    "flakey {A} 0 0 180 6 drop_writes corrupt_bio_byte 1 w 0 0",
+    "flakey {A} 0 0 180 4 corrupt_bio_byte 1 r 0",
+    "flakey {A} 0 0 180 1 corrupt_bio_byte",
+    "flakey {A} 0 0 180 2 corrupt_bio_byte 1",
+    "flakey {A} 0 0 180 6 corrupt_bio_byte 1 w 0 0 error_writes",
+    "flakey {A} 0 0 180 3 drop_writes random_write_corrupt 5",
+    "flakey {A} 0 0 180 4294967297 drop_writes",
+    "flakey {A} 0 4294967295 2",
+    "flakey {A} 0 0 180 5 corrupt_bio_byte 1 r 256 0",
+    "flakey {A} 0 0 180 2 random_read_corrupt 1000000001",
+    "flakey {A} 0 0 180 2 drop_writes",
+    "flakey {A} 0 4294967295 1",
+    "flakey {A} 0 4294967296 1",
+    "flakey {A} 0 1 1x",
+    "flakey {A} 0 180",
+    "unstriped 2 8 1 {A} 0",
+    "unstriped 2 8 2 {A} 0",
+    "unstriped 2 8 3 {A} 0",
+    "unstriped 2 6 0 {A} 0",
+    "unstriped 0 8 0 {A} 0",
+    "unstriped 2 8 0 {A} x",
+]
+KERNEL_SECTORS = 8184  # divides by 2, 6 and 8
+KDM_DIR = Path("/work/main/.cache/kdm")
+KDM_VM = Path(__file__).resolve().parents[3] / "shared" / "tools" / "kdm-vm.sh"
+
+
+def _kernel_script() -> str:
+    lines = [
+        "#!/bin/bash",
+        "A=/dev/vda B=/dev/vdb",
+        "run() {",
+        '  if dmsetup create k --table "0 ' + str(KERNEL_SECTORS) + ' $1" >/dev/null 2>&1; then',
+        '    echo "OK|$(dmsetup table k)|$(dmsetup status k)"; dmsetup remove k',
+        "  else",
+        "    echo \"FAIL|$(dmesg | grep 'device-mapper: table:' | tail -1)\"",
+        "  fi",
+        "}",
+    ]
+    lines += [f'run "{case.format(A="$A", B="$B")}"' for case in KERNEL_CASES]
+    return "\n".join(lines) + "\n"
+
+
+def _kernel_verdicts(output: str) -> list[str]:
+    out = []
+    for line in output.splitlines():
+        if line.startswith("OK|"):
+            out.append(line.replace("254:0", "{A}").replace("254:16", "{B}"))
+        elif line.startswith("FAIL|"):
+            error = re.sub(r"^.*device-mapper: table: [0-9:]+: [a-z-]+: ", "", line)
+            out.append("FAIL|" + re.sub(r" \(-E[A-Z]+\)$", "", error))
+    return out
+
+
+async def _dmfuse_verdicts(a: str, b: str) -> list[str]:
+    m = Manager()
+    out = []
+    for case in KERNEL_CASES:
+        table = f"0 {KERNEL_SECTORS} " + case.format(A=a, B=b)
+        try:
+            await m.create("k", table)
+        except DmError as exc:
+            out.append("FAIL|" + re.sub(r"^line 1: [a-z-]+: ", "", exc.message))
+            continue
+        shown = m.table("k")[0]["lines"][0] + "|" + m.status("k")[0]["lines"][0]
+        out.append("OK|" + shown.replace(a, "{A}").replace(b, "{B}"))
+        await m.remove("k")
+    return out
+
+
+@pytest.mark.kernel
+async def test_strings_and_errors_match_the_kernel_vm(tmp_path: Path) -> None:
+    if not (KDM_DIR / "vmlinuz").exists() or not KDM_VM.exists():
+        pytest.skip(f"kernel VM not set up ({KDM_DIR}/vmlinuz missing; see kdm-vm.sh setup)")
+    work = tmp_path / "vm"
+    work.mkdir()
+    disks = []
+    for name in ("a.img", "b.img"):
+        disk = work / name
+        with disk.open("wb") as fh:
+            fh.truncate(8 * MiB)
+        disks.append(str(disk))
+    (work / "run.sh").write_text(_kernel_script())
+    env = dict(os.environ, KDM_DIR=str(KDM_DIR), KDM_TIMEOUT="900")
+    with trio.fail_after(1000):
+        proc = await trio.run_process(
+            [str(KDM_VM), "run", str(work), str(work / "run.sh"), *disks],
+            capture_stdout=True,
+            capture_stderr=True,
+            env=env,
+            check=False,
+        )
+    kernel = _kernel_verdicts(proc.stdout.decode(errors="replace"))
+    assert len(kernel) == len(KERNEL_CASES), proc.stdout.decode(errors="replace")[-3000:]
+    ours = await _dmfuse_verdicts(*disks)
+    assert ours == kernel
