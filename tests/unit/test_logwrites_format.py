@@ -10,11 +10,13 @@ import logging
 import os
 import struct
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+import trio
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmfuse import logwrites_format as fmt
@@ -218,6 +220,31 @@ def test_fsck_runs_at_every_flush_and_stops_on_failure(
     assert calls.read_text().split() == ["False", "True"]
 
 
+def test_fua_no_discard_start_entry_and_verbose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fua = _unzip("logwrites-fua.log.gz", tmp_path)
+    assert replay_log.main(["--log", fua, "--find", "--next-fua"]) == 0
+    assert capsys.readouterr().out == "0@10\n"
+    assert replay_log.main(["--log", fua, "--find", "--start-entry", "1", "--next-flush"]) == 0
+    assert capsys.readouterr().out == "2@20\n"
+    log = _unzip("logwrites-compare.log.gz", tmp_path)
+    dev = tmp_path / "d.img"
+    dev.write_bytes(b"\xff" * MiB)
+    args = ["--log", log, "--replay", str(dev), "--start-entry", "4", "--limit", "2"]
+    assert replay_log.main([*args, "--no-discard", "-vv"]) == 0
+    assert capsys.readouterr().out == (
+        "replaying 4@29: sector 256, size 65536, flags 0(NONE)\n"
+        "skipping 5@158: sector 272, size 4096, flags 4(DISCARD)\n"
+    )
+    data = dev.read_bytes()
+    assert data[272 * 512 : 280 * 512] != b"\xff" * 4096  # written by entry 4, not discarded
+    assert data[:512] == b"\xff" * 512  # entries 0-3 not replayed
+    assert replay_log.main([*args, "-v"]) == 0
+    assert "DISCARD" in capsys.readouterr().out
+    assert dev.read_bytes()[272 * 512 : 280 * 512] == bytes(4096)  # the discard zeroed
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -415,3 +442,63 @@ async def test_bad_tables(make_file: Callable[..., str], args: str, message: str
     await m.create("lw", f"0 2048 log-writes {dev} {log} extra")  # ignored, as the kernel
     assert m.table("lw")[0]["lines"] == [f"0 2048 log-writes {dev} {log}"]
     assert os.path.getsize(log) == MiB
+
+
+# -- replay model: replaying to flush point k gives the device as it was at that flush ----------
+
+_OP = st.one_of(
+    st.tuples(st.just("write"), st.integers(0, 60), st.integers(1, 4), st.integers(0, 255)),
+    st.tuples(st.just("discard"), st.integers(0, 60), st.integers(1, 4), st.just(0)),
+    st.tuples(st.just("flush"), st.just(0), st.just(0), st.just(0)),
+    st.tuples(st.just("mark"), st.just(0), st.just(0), st.just(0)),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_OP, max_size=25))
+def test_replay_to_each_flush_point_matches_the_device_then(
+    ops: list[tuple[str, int, int, int]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        dev, log = os.path.join(tmp, "dev"), os.path.join(tmp, "log")
+        for path in (dev, log):
+            with open(path, "wb") as fh:
+                fh.truncate(MiB)
+        snapshots = trio.run(_run_model, dev, log, ops)
+        # the end mark flushes nothing: what was unflushed at remove is logged before it
+        records = _entries(log)
+        flushes = [i for i, e in enumerate(records) if e[2] & fmt.FLUSH]
+        assert len(flushes) == len(snapshots) - 1
+        scratch = os.path.join(tmp, "scratch")
+        for k, want in enumerate(snapshots[:-1]):
+            with open(scratch, "wb") as fh:
+                fh.truncate(64 * 512)
+            limit = flushes[k] + 1
+            assert replay_log.main(["--log", log, "--replay", scratch, "--limit", str(limit)]) == 0
+            assert Path(scratch).read_bytes() == want, f"flush point {k}"
+        with open(scratch, "wb") as fh:
+            fh.truncate(64 * 512)
+        assert replay_log.main(["--log", log, "--replay", scratch]) == 0
+        assert Path(scratch).read_bytes() == snapshots[-1]  # the whole log: the final device
+
+
+async def _run_model(dev: str, log: str, ops: list[tuple[str, int, int, int]]) -> list[bytes]:
+    """Run ops through the engine; return the device (first 64 sectors) at each flush, and at
+    the end."""
+    m = Manager()
+    await m.create("lw", f"0 2048 log-writes {dev} {log}")
+    d = m.get("lw")
+    snapshots = []
+    for n, (op, sector, count, value) in enumerate(ops):
+        if op == "write":
+            await d.write(sector * 512, memoryview(bytes([value]) * (count * 512)))
+        elif op == "discard":
+            await d.discard(sector * 512, count * 512)
+        elif op == "flush":
+            await d.flush()
+            snapshots.append(bytes(await d.read(0, 64 * 512)))
+        else:
+            await m.message("lw", 0, f"mark m{n}")
+    snapshots.append(bytes(await d.read(0, 64 * 512)))
+    await m.remove("lw")
+    return snapshots
