@@ -144,9 +144,10 @@ def decode_hex_key(text: str, size: int) -> bytes:
 
 
 def mask_key(table_args: str) -> str:
-    """dmsetup's key masking for ``table`` without ``--showkeys``: the second word's hex
-    digits become ``0`` one for one; ``-`` and keyring references (``:...``) stay."""
+    """dmsetup's key masking for ``table`` without ``--showkeys``: every character of the
+    second word becomes ``0`` (``-`` too, as dmsetup prints it); keyring references
+    (``:...``) stay."""
     words = table_args.split(" ")
-    if len(words) > 1 and not words[1].startswith(":") and words[1] != "-":
+    if len(words) > 1 and not words[1].startswith(":"):
         words[1] = "0" * len(words[1])
     return " ".join(words)

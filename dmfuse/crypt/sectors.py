@@ -20,6 +20,7 @@ request are made with one ECB call; ``ecb`` with one key is one call for the who
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Callable
 
@@ -28,6 +29,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algo
 from dmfuse.crypt.cipherspec import IV_MODES, KERNEL_ONLY_IV_MODES, CipherSpec
 from dmfuse.crypt.ivgen import benbi_shift, generator
 from dmfuse.errors import TableError
+
+# The kernel fails the allocation of an algorithm it does not have with ENOENT.
+_NO_TFM = ("Error allocating crypto tfm", errno.ENOENT)
 
 # The kernel's ESSIV digests that hashlib provides under another spelling.
 _HASHES = {
@@ -62,12 +66,12 @@ class SectorCipher:
         self.null = spec.cipher == "cipher_null"
         # -- "allocate the tfm": the cipher, the chain mode and (ESSIV) the digest must exist.
         if spec.cipher not in ("aes", "cipher_null") or spec.chainmode not in _CHAIN_IV_SIZE:
-            raise TableError("Error allocating crypto tfm")
+            raise TableError(*_NO_TFM)
         if self.null and spec.chainmode != "ecb":
-            raise TableError("Error allocating crypto tfm")
+            raise TableError(*_NO_TFM)
         essiv = spec.ivmode == "essiv"
         if essiv and (spec.ivopts not in _HASHES or spec.chainmode == "ecb"):
-            raise TableError("Error allocating crypto tfm")  # no such essiv(...) instance
+            raise TableError(*_NO_TFM)  # no such essiv(...) instance
         # -- the IV mode (crypt_ctr_ivmode): ciphers without IVs silently drop it.
         iv_size = _CHAIN_IV_SIZE[spec.chainmode]
         ivmode = spec.ivmode if iv_size else None
@@ -99,7 +103,10 @@ class SectorCipher:
         """(Re)key every subkey; on failure nothing changes (``TableError``)."""
         algs: list[CipherAlgorithm] = []
         essiv: list[Cipher[modes.ECB]] = []
-        if not self.null:
+        if self.null:
+            if key:  # ecb(cipher_null) takes no key: only "-"
+                raise TableError("Error decoding and setting key")
+        else:
             subsize = len(key) // self.keycount
             xts = self.spec.chainmode == "xts"
             if subsize == 0 or len(key) % self.keycount:
