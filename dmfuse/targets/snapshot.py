@@ -22,7 +22,8 @@ write covers the chunk) and commits the exception first.
 Status (INFO): ``<sectors_allocated>/<total_sectors> <metadata_sectors>``, or ``Invalid`` (COW
 full or I/O error; snapshot I/O fails with EIO, the origin keeps working and the persistent
 header is rewritten ``valid = 0``, a dm event is raised), or ``Overflow`` (``PO``: a snapshot
-write needing a new chunk found the COW full; that write fails with EIO, reads keep working).
+write needing a new chunk found the COW full; from then on every snapshot write fails with
+EIO, reads keep working; no event).
 Transient: ``<allocated>/<total> 0``.  ``snapshot-origin`` INFO is empty.
 Table: ``<origin> <COW> <P|PO|N> <chunk_size>[ <n> discard_zeroes_cow[ discard_passdown_origin]]``
 and ``<origin>``.  Flush: ``snapshot`` flushes the COW, ``snapshot-origin`` the origin.
@@ -269,6 +270,8 @@ class Snapshot(Target):
 
     async def write(self, offset: int, data: memoryview) -> None:
         self._check_usable()
+        if self.store.overflowed:  # the kernel refuses every snapshot write once overflowed
+            raise IOFailure("snapshot overflowed")
         chunk_size = self.chunk
         chunk, within = divmod(offset, chunk_size)
         new = self.store.lookup(chunk)
