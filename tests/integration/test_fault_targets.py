@@ -16,7 +16,7 @@ import trio
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
 from tests.conftest import pattern
-from tests.integration.harness import Mount
+from tests.integration.harness import Mount, run
 
 MiB = 1 << 20
 BLOCK = 4096
@@ -113,6 +113,50 @@ def test_flakey_drop_writes_swapped_in_and_out_while_writing(mnt: Mount) -> None
     last = writer.acked[-1][0]
     assert data[:BLOCK] == _record(last)  # header: the last write wins, nothing reordered
     assert data[(last + 1) * BLOCK :].count(0) == len(data) - (last + 1) * BLOCK
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def test_ext4_keeps_fsynced_data_when_the_plug_is_pulled(mnt: Mount, tmp_path: Path) -> None:
+    """xfstests' dm-flakey recipe: fsync, switch to drop_writes, write more, unmount, switch
+    back, mount: the fsynced file is whole, the later one is gone, fsck finds nothing."""
+    size = 64 * MiB
+    img = mnt.image("fs.img", size)
+    working = f"0 {size // 512} flakey {img} 0 180 0"
+    dropping = f"0 {size // 512} flakey {img} 0 0 180 1 drop_writes"
+    mnt.table("flk", working + "\n")
+    mnt.mount()
+    loop = mnt.losetup("flk")
+    run("mkfs.ext4", "-q", "-F", loop)
+    where = tmp_path / "fs"
+    mnt.mount_fs(loop, where)
+    kept = pattern(0, 3 * MiB + 123, seed=5)
+    _fsync_write(where / "kept", kept)
+    mnt.cli("suspend", "flk")  # pull the plug: from here on every write is lost
+    mnt.cli("load", "flk", "--table", dropping)
+    mnt.cli("resume", "flk")
+    _fsync_write(where / "lost", pattern(0, MiB, seed=6))  # acknowledged, then dropped
+    (where / "kept").unlink()  # so is this
+    os.sync()
+    mnt.umount_fs(where)
+    mnt.cli("suspend", "flk")
+    mnt.cli("load", "flk", "--table", working)
+    mnt.cli("resume", "flk")
+    mnt.mount_fs(loop, where)  # replays the journal up to the last write that reached the disk
+    assert (where / "kept").read_bytes() == kept
+    assert not (where / "lost").exists()
+    mnt.umount_fs(where)
+    run("e2fsck", "-fn", loop)
 
 
 def test_cli_strings_and_messages(mnt: Mount) -> None:
