@@ -69,6 +69,8 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import trio
+
 from dmfuse.args import ArgReader
 from dmfuse.backends.base import Backend
 from dmfuse.errors import DmError, IOFailure, TableError
@@ -81,6 +83,7 @@ log = logging.getLogger(__name__)
 SPEED = "pending"
 PAGE_SIZE = mmap.PAGESIZE
 CACHE_BYTES = 16 << 20  # hash blocks kept (verified or not), like dm-bufio's cache
+THREAD_BYTES = 64 << 10  # reads this big are hashed on a worker thread
 MAX_CORRUPTED_ERRS = 100  # DM_VERITY_MAX_CORRUPTED_ERRS: log lines per table
 OPTS_MAX = 15  # DM_VERITY_OPTS_MAX = 5 + FEC (8) + signature (2)
 INT_MAX = 2**31 - 1
@@ -231,24 +234,80 @@ class Verity(Target):
             raise
 
     async def _verify(self, first: int, count: int, buf: memoryview) -> None:
-        bs = self.geometry.data_block_size
-        digest = self._digest
+        wants = await self._wants(first, count, buf)
+        if count * self.geometry.data_block_size >= THREAD_BYTES:
+            # hashlib drops the GIL while hashing: big reads hash on a worker thread while
+            # the FUSE loop serves the next requests (one hop per request, not per block)
+            bad = await trio.to_thread.run_sync(self._check, buf, wants)
+        else:
+            bad = self._check(buf, wants)
         validated = self._validated
-        zero = self._zero_digest
-        at = 0
-        for block in range(first, first + count):
+        if validated is not None:
+            stop = bad[0] if bad and self.options.mode != MODE_LOGGING else count
+            for i in range(stop):
+                if wants[i] is not None and i not in bad:
+                    block = first + i
+                    validated[block >> 3] |= 1 << (block & 7)
+        for i in bad:
+            self._corrupted("data", first + i)  # raises unless ignore_corruption
+
+    async def _wants(self, first: int, count: int, buf: memoryview) -> list[bytes | None]:
+        """The expected digest of each block; None where nothing is to be checked."""
+        g = self.geometry
+        bs, dsz, slot = g.data_block_size, g.digest_size, g.slot
+        bits = g.hash_per_block_bits
+        mask = (1 << bits) - 1
+        base = g.level_block[0] if g.levels else 0
+        validated, zero, cache = self._validated, self._zero_digest, self._cache
+        wants: list[bytes | None] = []
+        hb_index, hb_data = -1, b""
+        for i in range(count):
+            block = first + i
+            slow = False
             if validated is not None and validated[block >> 3] & (1 << (block & 7)):
-                at += bs
+                wants.append(None)  # check_at_most_once: checked before
                 continue
-            want = await self._want(block)
+            if not g.levels:
+                want = self.root
+            else:
+                index = base + (block >> bits)
+                if index != hb_index:
+                    hb = cache.get(index)
+                    if hb is not None and hb.verified:  # the fast path: level 0 trusted
+                        cache.move_to_end(index)
+                        hb_index, hb_data = index, hb.data
+                    else:
+                        hb_index = -1
+                if hb_index == index:
+                    at = (block & mask) * slot
+                    want = hb_data[at : at + dsz]
+                else:
+                    want = await self._want(block)  # verify the path up to the root
+                    slow = True
             if zero is not None and want == zero:
-                buf[at : at + bs] = self._zeros  # expected zeros: not read, not checked
-            elif digest(buf[at : at + bs]) == want:
-                if validated is not None:
+                buf[i * bs : (i + 1) * bs] = self._zeros  # expected zeros: not checked
+                wants.append(None)
+            elif slow:
+                # checked at once, so log lines come in the kernel's order (metadata, then
+                # data, block by block) and the 100-line limit cuts the same ones
+                wants.append(None)
+                if self._digest(buf[i * bs : (i + 1) * bs]) != want:
+                    self._corrupted("data", block)
+                elif validated is not None:
                     validated[block >> 3] |= 1 << (block & 7)
             else:
-                self._corrupted("data", block)
-            at += bs
+                wants.append(want)
+        return wants
+
+    def _check(self, buf: memoryview, wants: list[bytes | None]) -> list[int]:
+        """Indexes of the blocks whose digest differs (pure: runs on a worker thread)."""
+        bs = self.geometry.data_block_size
+        digest = self._digest
+        bad = []
+        for i, want in enumerate(wants):
+            if want is not None and digest(buf[i * bs : (i + 1) * bs]) != want:
+                bad.append(i)
+        return bad
 
     async def _want(self, block: int) -> bytes:
         """The verified digest of data ``block`` (verity_hash_for_block)."""
