@@ -91,6 +91,10 @@ class Origin:
 _ORIGINS: dict[Hashable, Origin] = {}
 
 
+def find(backend: Backend) -> Origin | None:
+    return _ORIGINS.get(storage_key(backend))
+
+
 def acquire(backend: Backend) -> Origin:
     key = storage_key(backend)
     origin = _ORIGINS.get(key)

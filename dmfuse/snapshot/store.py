@@ -5,10 +5,10 @@
 
 Both keep the completed exceptions in a ``dict`` (old chunk -> new chunk): an exception enters it
 only once its data is on the COW device and (persistent) its record is durable, so a reader that
-finds it can use it at once.  Measured here (Python 3.11): loading a COW with 1,000,000
-exceptions (chunk 8 sectors, 3907 metadata areas) takes about 1.3 s and the table about 110 MB
-(~115 bytes per exception: the dict slot plus two int objects); memory grows with the number of
-exceptions, not with the COW size.
+finds it can use it at once.  Measured here (Python 3.11, COW in the page cache): loading a COW
+with 1,000,000 exceptions (chunk 8 sectors, 3907 metadata areas, an 8 GB sparse file) takes
+0.24 s and raises the peak RSS by 103 MiB (~105 bytes per exception: the dict slot plus two int
+objects); memory grows with the number of exceptions, not with the COW size.
 
 Commit order (persistent), what makes a crash at any moment leave a store the kernel loads:
 the copied data is written first, then ``flush`` (the kernel's PREFLUSH), then the metadata area
@@ -228,6 +228,43 @@ class PersistentStore(ExceptionStore):
     async def _zero_area(self, area: int) -> None:
         where = fmt.area_location(area, self.per_area) * self.chunk
         await self.cow.write(where, memoryview(bytes(self.chunk)))
+
+    # -- merging (snapshot-merge) ------------------------------------------------------------
+    async def prepare_merge(self) -> tuple[int, int, int]:
+        """``persistent_prepare_merge``: the last run of consecutive records, as
+        ``(first_old, first_new, count)``; count 0 when everything is merged."""
+        async with self._lock:
+            if not self.committed:
+                if not self.current_area:
+                    return 0, 0, 0
+                self.current_area -= 1
+                where = fmt.area_location(self.current_area, self.per_area) * self.chunk
+                self.area = await _read_chunk(self.cow, where, self.chunk)
+                self.committed = self.per_area
+            last_old, last_new = fmt.RECORD.unpack_from(
+                self.area, (self.committed - 1) * fmt.RECORD.size
+            )
+            count = 1
+            while count < self.committed:
+                old, new = fmt.RECORD.unpack_from(
+                    self.area, (self.committed - 1 - count) * fmt.RECORD.size
+                )
+                if old != last_old - count or new != last_new - count:
+                    break
+                count += 1
+            return last_old + 1 - count, last_new + 1 - count, count
+
+    async def commit_merge(self, count: int) -> None:
+        """``persistent_commit_merge``: clear the last ``count`` records and write the area."""
+        async with self._lock:
+            for index in range(self.committed - count, self.committed):
+                fmt.put_record(self.area, index, 0, 0)
+            await self._write_area()
+            self.committed -= count
+            # Only status uses next_free while merging (the kernel's approximation, kept).
+            self.next_free = (
+                fmt.area_location(self.current_area, self.per_area) + self.committed + 1
+            )
 
     async def invalidate(self) -> None:
         if not self.valid:

@@ -1,8 +1,9 @@
-"""snapshot, snapshot-origin — copy-on-write snapshots of a device (dm-snap).
+"""snapshot, snapshot-origin, snapshot-merge — copy-on-write snapshots of a device (dm-snap).
 
 Tables:
   ``<start> <length> snapshot-origin <origin>``
   ``<start> <length> snapshot <origin> <COW> <P|PO|N> <chunk_size> [<#features> <feature>...]``
+  ``<start> <length> snapshot-merge <origin> <COW> <P|PO> <chunk_size> [<#features> ...]``
   ``P`` persistent store in the kernel's on-disk format (survives a remount), ``PO`` the same but
   a full COW on a *snapshot* write gives ``Overflow`` instead of invalidating, ``N`` transient
   (exceptions in memory, COW contents lost with the table).  The store type is read from its
@@ -28,6 +29,20 @@ Transient: ``<allocated>/<total> 0``.  ``snapshot-origin`` INFO is empty.
 Table: ``<origin> <COW> <P|PO|N> <chunk_size>[ <n> discard_zeroes_cow[ discard_passdown_origin]]``
 and ``<origin>``.  Flush: ``snapshot`` flushes the COW, ``snapshot-origin`` the origin.
 
+Merging (``lvconvert --merge`` by hand): suspend the origin's device and the snapshot's, load
+``snapshot-merge <origin> <COW> P <chunk>`` on the origin's device, resume it.  It takes the
+snapshot's store over (the snapshot device fails I/O with EIO from then on) and copies the COW
+chunks back to the origin in the background, last records first, one run of consecutive chunks
+at a time; each run's records are cleared and the area rewritten (flushed) once the data is on
+the origin.  Progress: ``sectors_allocated`` shrinks until it equals ``metadata_sectors``
+(``16/<cow> 16`` with chunk 8 when done).  ``Merge failed`` if a run could not be copied.
+Suspend stops the merge, resume restarts it; a remount with the ``snapshot-merge`` table
+continues from the records still on disk.  While merging, reads and writes of chunks not yet
+merged go to the COW, everything else to the origin (other snapshots of it still get their
+copies first, also before the merge itself overwrites an origin chunk).  Refused: ``N`` ("Snapshot
+exception store does not support snapshot-merge."), a second merge of one origin ("A snapshot is
+already merging.").
+
 Reloading a snapshot (a new table using the same COW while the old one exists) hands its
 exception store over at resume, as the kernel does: the new table shares the live store (so an
 ``N`` snapshot keeps its exceptions); the resume is refused while the other table using the COW
@@ -40,7 +55,8 @@ Differences from the kernel:
   without an exception leaves the origin data visible, not zeros.  The target's discard itself
   behaves like the kernel's (zero whole exception chunks, pass down to the origin if asked).
 * the ``Invalid or corrupt snapshot`` load failure reports EINVAL (the kernel returns ENXIO).
-* ``snapshot-merge`` is not implemented.
+* snapshot-merge flushes the origin before clearing merged records (the kernel's PREFLUSH on
+  the COW does not cover the origin); the resulting bytes are the kernel's (checked in the VM).
 """
 
 from __future__ import annotations
@@ -50,6 +66,10 @@ import logging
 import re
 import struct
 from collections.abc import Hashable, Sequence
+from typing import Any
+
+import attrs
+import trio
 
 from dmfuse.backends.base import Backend
 from dmfuse.backends.file import FileBackend
@@ -134,6 +154,7 @@ _STORES: dict[Hashable, _Shared] = {}
 class Snapshot(Target):
     name = "snapshot"
     version = (1, 16, 0)
+    merging = False
 
     def __init__(
         self,
@@ -186,6 +207,14 @@ class Snapshot(Target):
         if storage_key(cow) == storage_key(origin_dev):
             raise TableError("COW device cannot be the same as origin device")
         kind, chunk_sectors = _parse_store(args[2], args[3], origin_dev, cow)
+        if cls.merging:
+            if kind == "N":
+                raise TableError("Snapshot exception store does not support snapshot-merge.")
+            existing = registry.find(origin_dev)
+            if existing is not None and any(
+                isinstance(s, SnapshotMerge) for s in existing.snapshots
+            ):
+                raise TableError("A snapshot is already merging.")
         key = storage_key(cow)
         shared = _STORES.get(key)
         if shared is not None:
@@ -406,6 +435,138 @@ class Snapshot(Target):
 
     def check_fits(self) -> None:
         check_area(self.origin_dev, 0, self.length)
+
+
+@register
+class SnapshotMerge(Snapshot):
+    """``snapshot-merge``: the origin's device while the snapshot is merged back into it."""
+
+    name = "snapshot-merge"
+    version = (1, 5, 0)
+    merging = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = attrs.evolve(self.limits, flush_bios=2)
+        self.merge_failed = False
+        self._merge_scope: trio.CancelScope | None = None
+        self._merge_done: trio.Event | None = None
+
+    # -- I/O: unmerged chunks live in the COW, everything else on the origin -----------------
+    async def read(self, offset: int, buf: memoryview) -> None:
+        self._check_usable()
+        chunk_size = self.chunk
+        chunk, within = divmod(offset, chunk_size)
+        if self.store.lookup(chunk) is not None:
+            start = chunk * chunk_size
+            async with self.origin.locks.hold(start, start + chunk_size):  # not mid-merge
+                new = self.store.lookup(chunk)
+                if new is not None:
+                    await self.cow.read(new * chunk_size + within, buf)
+                    return
+        await self.origin_dev.read(offset, buf)
+
+    async def write(self, offset: int, data: memoryview) -> None:
+        self._check_usable()
+        chunk_size = self.chunk
+        chunk, within = divmod(offset, chunk_size)
+        if self.store.lookup(chunk) is not None:
+            start = chunk * chunk_size
+            async with self.origin.locks.hold(start, start + chunk_size):
+                new = self.store.lookup(chunk)
+                if new is not None:
+                    await self.cow.write(new * chunk_size + within, data)
+                    return
+        # an origin write: other snapshots of the origin get their copies first
+        await self.origin.write(self.origin_dev, offset, data)
+
+    async def flush(self, flushed: Flushed) -> None:
+        await flushed.flush(self.origin_dev)
+        await flushed.flush(self.cow)
+
+    def needs_copy(self, offset: int) -> bool:
+        return False  # the merging snapshot is the source of the origin's data, never a copy
+
+    # -- the background merge ----------------------------------------------------------------
+    async def resume(self) -> None:
+        await super().resume()
+        if self._merge_done is None and not self.handed_off:
+            self._merge_scope = trio.CancelScope()
+            self._merge_done = trio.Event()
+            trio.lowlevel.spawn_system_task(self._merge_task, name="snapshot-merge")
+
+    async def presuspend(self) -> None:
+        await self._stop_merge()
+
+    async def destroy(self) -> None:
+        await self._stop_merge()
+        await super().destroy()
+
+    async def _stop_merge(self) -> None:
+        scope, done = self._merge_scope, self._merge_done
+        if scope is not None and done is not None:
+            scope.cancel()
+            await done.wait()
+        self._merge_scope = self._merge_done = None
+
+    async def _merge_task(self) -> None:
+        scope, done = self._merge_scope, self._merge_done
+        assert scope is not None and done is not None
+        try:
+            with scope:
+                await self._merge_all()
+        except Exception:  # a system task must never raise: it would end the whole daemon
+            log.exception("snapshot merge failed")
+            self.merge_failed = True
+        finally:
+            done.set()
+
+    async def _merge_all(self) -> None:
+        store = self.store
+        assert isinstance(store, PersistentStore)
+        while store.valid:
+            try:
+                old, new, count = await store.prepare_merge()
+            except DmError:
+                log.warning("Read error in exception store: shutting down merge")
+                self.merge_failed = True
+                return
+            if not count:
+                log.info("Merge complete.")
+                return
+            try:
+                await self._merge_run(store, old, new, count)
+            except (DmError, OSError) as exc:
+                log.error("Merge failed: %s", exc)  # noqa: TRY400 (the errno says it all)
+                self.merge_failed = True
+                return
+            await trio.lowlevel.checkpoint()
+
+    async def _merge_run(self, store: PersistentStore, old: int, new: int, count: int) -> None:
+        """Copy ``count`` consecutive chunks COW -> origin, then forget their records."""
+        chunk_size = store.chunk
+        dest = old * chunk_size
+        size = count * chunk_size
+        length = max(0, min(size, self.origin_dev.size() - dest))
+        async with self.origin.locks.hold(dest, dest + size):
+            # origin_write_extent: every other snapshot keeps the origin data it had
+            for snap in list(self.origin.snapshots):
+                for at in range(dest, dest + size, snap.chunk):
+                    if snap.needs_copy(at):
+                        await snap.copy_out(at)
+            data = bytearray(length)
+            await self.cow.read(new * chunk_size, memoryview(data))
+            with trio.CancelScope(shield=True):  # a record is cleared only after its data is safe
+                await self.origin_dev.write(dest, memoryview(data))
+                await self.origin_dev.flush()
+                await store.commit_merge(count)
+                for index in range(count):
+                    store.exceptions.pop(old + index, None)
+
+    def status(self) -> str:
+        if self.merge_failed and self.store.valid and not self.handed_off:
+            return "Merge failed"
+        return super().status()
 
 
 def _parse_features(words: Sequence[str]) -> tuple[bool, bool]:

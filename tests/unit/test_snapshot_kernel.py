@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
+from tests.conftest import pattern
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kernel"
 KDM_DIR = Path("/work/main/.cache/kdm")
@@ -182,3 +184,76 @@ async def test_kernel_loads_dmfuse_cow(make_file: Callable[..., str], tmp_path: 
     assert f"status: 0 512 snapshot {status}" in out
     assert "table: 0 512 snapshot 254:0 254:16 P 1" in out
     assert f"snap: {snap_sha}" in out
+
+
+# Recorded in the VM (kernel 6.12) from the same origin and COW: the kernel's snapshot-merge left
+# exactly these bytes on both devices, status "0 512 snapshot-merge 16/1024 16".
+KERNEL_MERGED_ORIGIN_SHA = "485838f77fccc58bbf50054c812f3015590c250677c68cd5ebb7c0269c80e423"
+KERNEL_MERGED_COW_SHA = "96644abd6302cc54791db3fc68b824896d23d652bd4848eb9ce604b3cffe485d"
+
+
+async def merge_inputs(where: Path) -> tuple[str, str]:
+    """An origin and a COW with scattered and consecutive exceptions (chunk 8), made by dmfuse
+    with one-sector writes in order (a write spanning chunks is split into pieces that run
+    concurrently, so their allocation order, and the COW layout, would vary)."""
+    o, c = os.fspath(where / "o.img"), os.fspath(where / "c.img")
+    Path(o).write_bytes(pattern(0, 256 * 1024))
+    Path(c).write_bytes(bytes(512 * 1024))
+    m = Manager()
+    await m.create("snap", f"0 512 snapshot {o} {c} P 8")
+    await m.create("base", f"0 512 snapshot-origin {o}")
+    for i in range(0, 40, 3):
+        await put(m, "base", i * 8 + 1, sectors(7 + i, 10))
+    await put(m, "base", 200, sectors(8, 20))
+    await put(m, "snap", 300, sectors(9, 7))
+    await put(m, "snap", 5, sectors(10, 1))
+    await m.shutdown()
+    return o, c
+
+
+async def test_merge_leaves_the_same_bytes_as_the_kernel(tmp_path: Path) -> None:
+    o, c = await merge_inputs(tmp_path)
+    m = Manager()
+    await m.create("base", f"0 512 snapshot-merge {o} {c} P 8")
+    await trio.testing.wait_all_tasks_blocked()
+    assert m.status("base")[0]["lines"][0] == "0 512 snapshot-merge 16/1024 16"
+    await m.shutdown()
+    assert sha(Path(o).read_bytes()) == KERNEL_MERGED_ORIGIN_SHA
+    assert sha(Path(c).read_bytes()) == KERNEL_MERGED_COW_SHA
+
+
+MERGE_VM_SCRIPT = """\
+cd "$(dirname "$0")"
+exec > vm.out 2>&1
+dmsetup create base --table "0 512 snapshot-merge /dev/vda /dev/vdb P 8"
+for i in $(seq 1 60); do
+  set -- $(dmsetup status base); [ "${4%/*}" = "$5" ] && break; sleep 0.5
+done
+echo "final: $(dmsetup status base)"
+dmsetup remove base
+echo "origin: $(sha256sum < /dev/vda | cut -d' ' -f1)"
+echo "cow: $(sha256sum < /dev/vdb | cut -d' ' -f1)"
+"""
+
+
+@pytest.mark.kernel
+async def test_kernel_merges_dmfuse_cow() -> None:
+    """The kernel's snapshot-merge of a COW dmfuse wrote gives the recorded bytes."""
+    if not (KDM_DIR / "vmlinuz").exists() or not KDM_VM.exists():
+        pytest.skip(f"kernel VM not set up ({KDM_DIR}/vmlinuz missing)")
+    work = Path("/work/main/.cache/snapshot-test-work")
+    work.mkdir(parents=True, exist_ok=True)
+    o, c = await merge_inputs(work)
+    (work / "vm.sh").write_text(MERGE_VM_SCRIPT)
+    result = await trio.run_process(
+        [str(KDM_VM), "run", str(work), str(work / "vm.sh"), o, c],
+        env=dict(os.environ, KDM_DIR=str(KDM_DIR)),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    out = (work / "vm.out").read_text()
+    assert result.returncode == 0, out
+    assert "final: 0 512 snapshot-merge 16/1024 16" in out
+    assert f"origin: {KERNEL_MERGED_ORIGIN_SHA}" in out
+    assert f"cow: {KERNEL_MERGED_COW_SHA}" in out
