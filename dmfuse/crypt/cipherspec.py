@@ -143,6 +143,18 @@ def decode_hex_key(text: str, size: int) -> bytes:
     return bytes.fromhex(digits)
 
 
+def decoded_prefix(text: str, size: int) -> bytes:
+    """What ``hex2bin`` wrote before it met a bad digit pair (the kernel keeps those bytes
+    in the key it prints after a failed ``key set``)."""
+    out = bytearray()
+    for i in range(0, min(len(text), 2 * size) - 1, 2):
+        pair = text[i : i + 2]
+        if not re.fullmatch(r"[0-9a-fA-F]{2}", pair):
+            break
+        out.append(int(pair, 16))
+    return bytes(out)
+
+
 def mask_key(table_args: str) -> str:
     """dmsetup's key masking for ``table`` without ``--showkeys``: every character of the
     second word becomes ``0`` (``-`` too, as dmsetup prints it); keyring references

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
 
@@ -48,6 +49,44 @@ _HASHES = {
 }
 _CHAIN_IV_SIZE = {"xts": 16, "cbc": 16, "ctr": 16, "ecb": 0}
 _AES_KEYS = (16, 24, 32)
+
+ContextFactory = Callable[[CipherAlgorithm, Any], Any]
+
+
+def _public_encryptor(algorithm: CipherAlgorithm, mode: Any) -> Any:
+    return Cipher(algorithm, mode).encryptor()
+
+
+def _public_decryptor(algorithm: CipherAlgorithm, mode: Any) -> Any:
+    return Cipher(algorithm, mode).decryptor()
+
+
+def _context_factories() -> tuple[ContextFactory, ContextFactory]:
+    """The cheapest way ``cryptography`` offers to make a cipher context.
+
+    ``Cipher(...).encryptor()`` validates its arguments with Python-level ABC checks that cost
+    more than the AES work on a 512-byte unit; the constructor it ends in
+    (``create_encryption_ctx``) is a private binding, so it is used only if it exists and gives
+    the same bytes as the public path on a known case; otherwise the public path is used."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+
+        enc = rust_openssl.ciphers.create_encryption_ctx
+        dec = rust_openssl.ciphers.create_decryption_ctx
+        alg = algorithms.AES(bytes(range(64)))
+        tweak = bytes(range(16))
+        sample = bytes(range(256)) * 2
+        ref = _public_encryptor(alg, modes.XTS(tweak)).update(sample)
+        if enc(alg, modes.XTS(tweak)).update(sample) != ref:
+            raise ValueError("private cipher constructor disagrees")
+        if dec(alg, modes.XTS(tweak)).update(ref) != sample:
+            raise ValueError("private cipher constructor disagrees")
+    except Exception:  # any change in cryptography's internals: stay on the public API
+        return _public_encryptor, _public_decryptor
+    return enc, dec
+
+
+_ENCRYPTOR, _DECRYPTOR = _context_factories()
 
 ModeFactory = Callable[
     [bytes], modes.ModeWithInitializationVector | modes.ModeWithTweak | modes.ModeWithNonce
@@ -168,15 +207,23 @@ class SectorCipher:
                 part[:] = ctx.update(part)
             return
         ivs = self._ivs(sector, units)
-        mask = self.keycount - 1
-        step = self.step
-        at = 0
-        for i in range(units):
-            unit = Cipher(algs[(sector + i * step) & mask], mode(ivs[i]))
-            ctx = unit.encryptor() if encrypt else unit.decryptor()
-            part = buf[at : at + size]
-            part[:] = ctx.update(part)
-            at += size
+        make = _ENCRYPTOR if encrypt else _DECRYPTOR
+        if self.keycount == 1:
+            alg = algs[0]
+            out = [
+                make(alg, mode(iv)).update(buf[i * size : (i + 1) * size])
+                for i, iv in enumerate(ivs)
+            ]
+        else:
+            mask = self.keycount - 1
+            step = self.step
+            out = [
+                make(algs[(sector + i * step) & mask], mode(iv)).update(
+                    buf[i * size : (i + 1) * size]
+                )
+                for i, iv in enumerate(ivs)
+            ]
+        buf[:] = b"".join(out)
 
     def _ivs(self, sector: int, units: int) -> list[bytes]:
         gen = self._iv

@@ -14,6 +14,9 @@ from __future__ import annotations
 import lzma
 from pathlib import Path
 
+import pytest
+
+from dmfuse.crypt import sectors
 from dmfuse.engine.manager import Manager
 from tests.conftest import pattern
 
@@ -123,5 +126,15 @@ def compare(kernel: bytes, ours: bytes) -> None:
 
 
 async def test_ciphertext_matches_kernel(tmp_path: Path) -> None:
+    kernel = lzma.decompress(IMAGE_XZ.read_bytes())
+    compare(kernel, await dmfuse_image(tmp_path))
+
+
+async def test_public_cipher_api_fallback_matches_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without cryptography's private context constructor the bytes are the same."""
+    monkeypatch.setattr(sectors, "_ENCRYPTOR", sectors._public_encryptor)
+    monkeypatch.setattr(sectors, "_DECRYPTOR", sectors._public_decryptor)
     kernel = lzma.decompress(IMAGE_XZ.read_bytes())
     compare(kernel, await dmfuse_image(tmp_path))
