@@ -97,6 +97,19 @@ def test_crypt_device_file_io_and_key_hiding(mnt: Mount) -> None:
         assert os.pread(fd, len(data), 4096 - 50) == data
     finally:
         os.close(fd)
+    # a reload through stdin (the key stays out of argv) is written back to the table
+    # directory with mode 0600: the only file holding the key; it is never in the daemon's log
+    line = f"0 8192 crypt aes-xts-plain64 {K64} 0 {disk} 0 1 sector_size:4096\n"
+    mnt.cli("load", "c", input=line)
+    mnt.cli("resume", "c")
+    table_file = mnt.tables / "c.table"
+    assert K64 in table_file.read_text() and table_file.stat().st_mode & 0o077 == 0
+    pid = mnt.daemon_pid()
+    assert pid is not None
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert K64.encode() not in cmdline
+    for log in Path("/run/dmfuse").glob("*.log"):
+        assert K64 not in log.read_text(errors="replace"), log
 
 
 # -- cryptsetup / qemu LUKS (oracles.md section 2) ------------------------------------------
