@@ -51,13 +51,13 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("-u", "--uuid", default="")
             c.add_argument("-n", "--notable", action="store_true")
     for name in ("resume", "clear"):
-        sub.add_parser(name).add_argument("name")
+        _by_name_or_uuid(sub.add_parser(name), required=True)
     s = sub.add_parser("suspend")
-    s.add_argument("name")
+    _by_name_or_uuid(s, required=True)
     s.add_argument("--noflush", action="store_true")
     s.add_argument("--nolockfs", action="store_true", help="accepted; dmfuse never freezes")
     r = sub.add_parser("remove")
-    r.add_argument("name")
+    _by_name_or_uuid(r, required=True)
     r.add_argument("-f", "--force", action="store_true")
     r.add_argument("--deferred", action="store_true")
     r.add_argument("--retry", action="store_true", help="accepted for compatibility")
@@ -70,19 +70,27 @@ def _parser() -> argparse.ArgumentParser:
     msg.add_argument("sector")
     msg.add_argument("words", nargs="+")
     i = sub.add_parser("info")
-    i.add_argument("name", nargs="?")
+    _by_name_or_uuid(i, required=False)
     i.add_argument("-c", "--columns", action="store_true")
     i.add_argument("--noheadings", action="store_true")
     for name in ("table", "status"):
         t = sub.add_parser(name)
-        t.add_argument("name", nargs="?")
+        _by_name_or_uuid(t, required=False)
         t.add_argument("--inactive", action="store_true")
         t.add_argument("--target")
         if name == "table":
             t.add_argument("--showkeys", action="store_true")
     ls = sub.add_parser("ls")
     ls.add_argument("--target")
-    sub.add_parser("deps").add_argument("name", nargs="?")
+    dp = sub.add_parser("deps")
+    _by_name_or_uuid(dp, required=False)
+    dp.add_argument(
+        "-o",
+        dest="options",
+        choices=["devno", "devname", "blkdevname"],
+        default="devno",
+        help="how to name block devices (files print as paths)",
+    )
     w = sub.add_parser("wait")
     w.add_argument("name")
     w.add_argument("event_nr", nargs="?", default="0")
@@ -94,8 +102,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _by_name_or_uuid(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """``NAME`` or ``-u UUID``, as dmsetup accepts for commands on one device."""
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("-u", "--uuid", dest="by_uuid", help="select the device by uuid")
+    parser.set_defaults(name_required=required)
+
+
+def _resolve_uuid(sock: str, args: argparse.Namespace) -> None:
+    by_uuid = getattr(args, "by_uuid", None)
+    if by_uuid:
+        found = [i["name"] for i in request(sock, "info", {}) if i["uuid"] == by_uuid]
+        if not found:
+            raise DmError(f"uuid {by_uuid}: Device does not exist")
+        args.name = found[0]
+    elif getattr(args, "name_required", False) and args.name is None:
+        raise DmError("a device name or -u UUID is required")
+
+
 def _read_table(args: argparse.Namespace) -> str | None:
     if getattr(args, "notable", False):
+        if args.table is not None or args.file is not None:
+            raise DmError("--table and --notable are incompatible")
         return None
     if args.table is not None:
         return str(args.table)
@@ -116,6 +144,7 @@ def _emit(args: argparse.Namespace, result: Any, text: str) -> None:
 def _device_command(args: argparse.Namespace) -> None:
     sock = find_socket(args.mountpoint)
     cmd = args.command
+    _resolve_uuid(sock, args)
     cwd = os.getcwd()
     named = getattr(args, "name", None) is not None
     if cmd == "create":
@@ -193,18 +222,18 @@ def _device_command(args: argparse.Namespace) -> None:
                 "target": args.target,
             },
         )
-        _emit(args, res, output.lines_report(res, named=named))
+        _emit(args, res, output.lines_report(res, named=named, filtered=bool(args.target)))
     elif cmd == "status":
         res = request(
             sock, "status", {"name": args.name, "inactive": args.inactive, "target": args.target}
         )
-        _emit(args, res, output.lines_report(res, named=named))
+        _emit(args, res, output.lines_report(res, named=named, filtered=bool(args.target)))
     elif cmd == "ls":
         res = request(sock, "ls", {"target": args.target})
         _emit(args, res, output.ls(res, by_target=args.target is not None))
     elif cmd == "deps":
         res = request(sock, "deps", {"name": args.name})
-        _emit(args, res, output.deps(res, named=named))
+        _emit(args, res, output.deps(res, named=named, style=args.options))
     elif cmd == "wait":
         _emit(args, request(sock, "wait", {"name": args.name, "event_nr": int(args.event_nr)}), "")
     elif cmd == "targets":

@@ -7,7 +7,10 @@ a state, whether the kernel would refuse it (an error to raise) or what it would
 Invariants (dm-spec §2):
 * ``load`` only fills the inactive slot; ``clear`` only empties it; neither touches I/O or size.
 * ``resume`` with an inactive table swaps it in (suspending first if needed); without one it only
-  un-suspends; with neither it is a successful no-op.
+  un-suspends; with neither it is a successful no-op, unless the device is suspended with no
+  table at all (EINVAL, stays suspended).  A staged table that does not fit its devices fails
+  the resume after the suspend: the old table stays live and the device stays suspended, as in
+  the kernel (``dmsetup resume`` again lets I/O through).
 * ``suspend`` of a suspended device is a no-op.
 * ``remove`` of an open device is EBUSY unless deferred, which marks it for removal at last close.
 * ``message`` needs a live table and a sector inside it.
@@ -62,6 +65,8 @@ def check_uuid(uuid: str) -> None:
 def plan_resume(state: DeviceState) -> Plan:
     if state.has_inactive:
         return Plan.SWAP
+    if state.suspended and not state.has_live:
+        raise InvalidArgument("no table to resume")  # and the device stays suspended
     return Plan.UNSUSPEND if state.suspended else Plan.NOOP
 
 

@@ -40,14 +40,13 @@ def info_long(infos: Sequence[dict[str, Any]]) -> str:
     for info in infos:
         out.append(_label("Name", info["name"]))
         out.append(_label("State", state_text(info)))
-        if info["live"]:
+        if info["has_disk"]:  # the kernel makes the disk (and its read-ahead) at first load
             out.append(_label("Read Ahead", info["read_ahead"]))
         out.append(_label("Tables present", tables_present(info)))
         out.append(_label("Open count", info["open_count"]))
         out.append(_label("Event number", info["event_nr"]))
         out.append(_label("Major, minor", f"{info['major']}, {info['minor']}"))
-        if info["targets"] is not None:
-            out.append(_label("Number of targets", info["targets"]))
+        out.append(_label("Number of targets", info["targets"] or 0))
         if info["uuid"]:
             out.append(f"UUID: {info['uuid']}")
         out.append("")
@@ -63,12 +62,23 @@ def attr(info: dict[str, Any]) -> str:
     )
 
 
+# dmsetup's report columns for ``info -c``: heading, minimum width, right-aligned values.
+_COLUMNS = (
+    ("Name", 16, False),
+    ("Maj", 3, True),
+    ("Min", 3, True),
+    ("Stat", 4, False),
+    ("Open", 4, True),
+    ("Targ", 4, True),
+    ("Event", 6, True),
+    ("UUID", 32, False),
+)
+
+
 def info_columns(infos: Sequence[dict[str, Any]], *, headings: bool = True) -> str:
-    """``dmsetup info -c``: Name Maj Min Stat Open Targ Event UUID, aligned like the report."""
+    """``dmsetup info -c``: padded columns under headings; ``--noheadings`` joins with ``:``."""
     if not infos:
         return NO_DEVICES + "\n"
-    head = ["Name", "Maj", "Min", "Stat", "Open", "Targ", "Event", "UUID"]
-    numeric = [False, True, True, False, True, True, True, False]
     rows = [
         [
             i["name"],
@@ -82,48 +92,58 @@ def info_columns(infos: Sequence[dict[str, Any]], *, headings: bool = True) -> s
         ]
         for i in infos
     ]
-    table = ([head] if headings else []) + rows
-    widths = [max(len(r[c]) for r in table) for c in range(len(head))]
-    lines = []
-    for row in table:
-        cells = [
-            row[c].rjust(widths[c]) if numeric[c] else row[c].ljust(widths[c])
-            for c in range(len(head))
-        ]
-        lines.append(" ".join(cells).rstrip())
+    if not headings:
+        return "".join(":".join(row) + "\n" for row in rows)
+    widths = [max(width, *(len(r[c]) for r in rows)) for c, (_, width, _) in enumerate(_COLUMNS)]
+    lines = [" ".join(h.ljust(w) for (h, _, _), w in zip(_COLUMNS, widths, strict=True))]
+    for row in rows:
+        lines.append(
+            " ".join(
+                v.rjust(w) if right else v.ljust(w)
+                for v, w, (_, _, right) in zip(row, widths, _COLUMNS, strict=True)
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
-def lines_report(devices: Sequence[dict[str, Any]], *, named: bool) -> str:
-    """``table`` and ``status``."""
+def lines_report(devices: Sequence[dict[str, Any]], *, named: bool, filtered: bool = False) -> str:
+    """``table`` and ``status``.  A device without that table prints one empty line, as
+    dmsetup does, unless lines are filtered by ``--target`` (then it prints nothing)."""
     if not devices:
         return NO_DEVICES + "\n"
     out: list[str] = []
     for dev in devices:
         prefix = "" if named else f"{dev['name']}: "
-        out.extend(prefix + line for line in dev["lines"])
+        lines = dev["lines"] or ([] if filtered else [""])
+        out.extend(prefix + line for line in lines)
     return "".join(line + "\n" for line in out)
 
 
 def ls(devices: Sequence[dict[str, Any]], *, by_target: bool = False) -> str:
     if not devices:
-        return NO_DEVICES + "\n"
+        return "" if by_target else NO_DEVICES + "\n"
     fmt = "{name}\t({major}, {minor})" if by_target else "{name}\t({major}:{minor})"
     return "".join(fmt.format(**d) + "\n" for d in devices)
 
 
-def deps(devices: Sequence[dict[str, Any]], *, named: bool) -> str:
+def deps(devices: Sequence[dict[str, Any]], *, named: bool, style: str = "devno") -> str:
+    """``N dependencies\t: (maj, min)...``; ``-o devname`` names block devices instead."""
     if not devices:
         return NO_DEVICES + "\n"
-    out: list[str] = []
+    out = []
     for dev in devices:
-        parts = " ".join(
-            f"({d['devno'][0]}, {d['devno'][1]})" if d["devno"] else f"({d['name']})"
-            for d in dev["deps"]
-        )
+        parts = " ".join(f"({_dep_name(d, style)})" for d in dev["deps"])
         prefix = "" if named else f"{dev['name']}: "
-        out.append(f"{prefix}{len(dev['deps'])} dependencies\t: {parts}")
+        out.append(f"{prefix}{len(dev['deps'])} dependencies\t:{' ' + parts if parts else ''}")
     return "".join(line + "\n" for line in out)
+
+
+def _dep_name(dep: dict[str, Any], style: str) -> str:
+    if dep["devno"] is None:
+        return str(dep["name"])  # a file has no device number: its path
+    if style == "devno":
+        return f"{dep['devno'][0]}, {dep['devno'][1]}"
+    return str(dep.get("devname") or dep["name"])
 
 
 def targets(items: Sequence[dict[str, Any]]) -> str:

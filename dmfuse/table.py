@@ -26,7 +26,7 @@ import attrs
 from dmfuse.errors import TableError
 
 SECTOR_SIZE = 512
-_DECIMAL = re.compile(r"[0-9]+\Z")
+_DECIMAL = re.compile(r"\+?[0-9]+\Z")  # dmsetup reads them with %llu, which takes a '+'
 
 
 @attrs.frozen
@@ -106,6 +106,11 @@ def parse_table(text: str) -> list[TableLine]:
     ]
     check_layout(lines)
     return lines
+
+
+def has_targets(text: str) -> bool:
+    """Whether a table text has any line that is not blank or a comment."""
+    return any(ln.strip() and not ln.lstrip().startswith("#") for ln in text.splitlines())
 
 
 def check_layout(lines: Sequence[TableLine]) -> None:

@@ -36,6 +36,7 @@ class Device:
         self.readonly = False
         self.open_count = 0
         self.deferred_remove = False
+        self.ever_loaded = False  # the kernel creates the disk at the first table load
         self.event_nr = 0
         self.inflight = 0
         self._gate: trio.Event | None = None
@@ -230,13 +231,13 @@ class Device:
             new = self.inactive
             assert new is not None
             self.inactive = None
+            if not self.suspended:
+                await self.suspend()
             try:
-                new.check_fits()  # before suspending: a table that does not fit changes nothing
+                new.check_fits()  # the kernel's dm_swap_table: failure leaves us suspended
             except DmError:
                 await new.destroy()
                 raise
-            if not self.suspended:
-                await self.suspend()
             old, self.live = self.live, new
             self.readonly = new.readonly
             for target in new.targets:
@@ -255,6 +256,7 @@ class Device:
                 await target.resume()
 
     async def load(self, table: LoadedTable) -> None:
+        self.ever_loaded = True
         old, self.inactive = self.inactive, table
         if old is not None:
             await old.destroy()

@@ -28,7 +28,7 @@ from dmfuse.lifecycle import (
     plan_remove,
     plan_set_uuid,
 )
-from dmfuse.table import SECTOR_SIZE, parse_table, split_args
+from dmfuse.table import SECTOR_SIZE, has_targets, parse_table, split_args
 from dmfuse.target import lookup, registered
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,9 @@ class Manager:
                 raise DeviceBusy(f"uuid {uuid} already in use")
             device = Device(name, uuid, self._free_minor())
             device.on_resize = self.listener.device_resized
-            if table is not None:
+            if table is not None and has_targets(table):  # empty: no table, like dmsetup
                 loaded = await self.build(name, table, readonly=readonly, cwd=cwd)
+                await _check_initial_fit(device, loaded)
                 await device.load(loaded)
                 try:
                     await device.resume()
@@ -158,6 +159,7 @@ class Manager:
         async with self._lock:
             device = self.get(name)
             loaded = await self.build(name, table, readonly=readonly, cwd=cwd)
+            await _check_initial_fit(device, loaded)
             await device.load(loaded)
 
     async def resume(self, name: str) -> None:
@@ -283,6 +285,7 @@ class Manager:
             "open_count": device.open_count,
             "event_nr": device.event_nr,
             "read_ahead": READ_AHEAD,
+            "has_disk": device.ever_loaded,
             "targets": len(table.targets) if table is not None else None,
             "size": device.size,
         }
@@ -290,7 +293,7 @@ class Manager:
     def _selected(self, name: str | None) -> list[Device]:
         if name is not None:
             return [self.get(name)]
-        return list(self.devices.values())
+        return sorted(self.devices.values(), key=lambda d: d.name)  # as dmsetup lists them
 
     def info(self, name: str | None = None) -> list[dict[str, Any]]:
         return [self._info(d) for d in self._selected(name)]
@@ -366,6 +369,17 @@ class Manager:
             return
         lines = device.live.table_lines(showkeys=True) if device.live is not None else None
         self.store.save(device.name, device.uuid, device.readonly, lines)
+
+
+async def _check_initial_fit(device: Device, loaded: LoadedTable) -> None:
+    """A device's first table is sized at load (the kernel sets its queue up then), so one that
+    does not fit fails the load; later tables are checked at resume."""
+    if device.live is None:
+        try:
+            loaded.check_fits()
+        except DmError:
+            await loaded.destroy()
+            raise
 
 
 def _only(lines: list[str], target: str | None) -> list[str]:

@@ -22,7 +22,7 @@ from dmfuse.target import DeviceOpener, Target, check_area, register
 @register
 class Linear(Target):
     name = "linear"
-    version = (1, 5, 0)
+    version = (1, 4, 0)
 
     def __init__(self, length: int, dev: Backend, offset_sectors: int) -> None:
         super().__init__(length)

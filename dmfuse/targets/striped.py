@@ -38,7 +38,7 @@ class Stripe:
 @register
 class Striped(Target):
     name = "striped"
-    version = (1, 7, 0)
+    version = (1, 6, 0)
 
     def __init__(self, length: int, chunk_sectors: int, stripes: list[Stripe]) -> None:
         super().__init__(length)

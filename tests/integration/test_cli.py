@@ -99,6 +99,8 @@ def test_failures_are_one_line_and_change_nothing(mnt: Mount) -> None:
     proc = mnt.cli("resume", "d", check=False)
     assert proc.returncode == 1 and "too small for target" in proc.stderr
     assert mnt.cli("table", "d").stdout == f"0 2048 linear {a} 0\n"
+    assert "State:             SUSPENDED\n" in mnt.cli("info", "d").stdout  # as the kernel
+    mnt.cli("resume", "d")
     assert "State:             ACTIVE\n" in mnt.cli("info", "d").stdout
     assert (mnt.tables / "d.table").read_text().strip().endswith(f"0 2048 linear {a} 0")
 

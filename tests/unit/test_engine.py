@@ -99,10 +99,20 @@ async def test_resume_of_table_too_big_keeps_old_table(make_file: Callable[..., 
         await m.resume("d")
     assert exc.value.errno == errno.EINVAL
     dev = m.get("d")
-    assert dev.size == 64 * 512 and not dev.suspended and dev.inactive is None
+    # as the kernel: the old table stays live and the device stays suspended
+    assert dev.size == 64 * 512 and dev.suspended and dev.inactive is None
+    await m.resume("d")
+    assert not dev.suspended
+    assert bytes(await dev.read(0, 512)) == pattern(0, 512)
+    # a device's first table is checked at load: create fails and leaves nothing
     with pytest.raises(DmError, match="too small"):
         await m.create("e", f"0 4096 linear {a} 0")
     assert "e" not in m.devices
+    await m.create("f", None)
+    with pytest.raises(DmError, match="too small"):
+        await m.load("f", f"0 4096 linear {a} 0")
+    assert m.get("f").inactive is None
+    assert len(m.pool._files) == 1  # the failed tables released their files
 
 
 async def test_resize_only_on_resume(make_file: Callable[..., str]) -> None:

@@ -28,6 +28,11 @@ def test_resume_plans(state: DeviceState, plan: Plan) -> None:
     assert plan_resume(state) is plan
 
 
+def test_resume_of_suspended_device_without_any_table_fails() -> None:
+    with pytest.raises(InvalidArgument):
+        plan_resume(DeviceState(suspended=True))
+
+
 def test_suspend_of_suspended_or_tableless_device_is_a_noop() -> None:
     assert plan_suspend(DeviceState(has_live=True)) is Plan.SUSPEND
     assert plan_suspend(DeviceState(has_live=True, suspended=True)) is Plan.NOOP
