@@ -20,9 +20,10 @@ MiB = 1 << 20
 SECTORS = 32768  # 16 MiB
 
 
-def fio(target: str, seed: int, rw: str = "randwrite") -> None:
+def fio(target: str, seed: int, rw: str = "randwrite", verify_only: bool = False) -> None:
     proc = run(
         "fio",
+        *(["--verify_only"] if verify_only else []),
         "--name=verify",
         f"--filename={target}",
         "--direct=1",
@@ -42,7 +43,10 @@ def fio(target: str, seed: int, rw: str = "randwrite") -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = json.loads(proc.stdout)["jobs"][0]
     assert job["error"] == 0
-    assert job["write"]["io_bytes"] >= 16 * MiB
+    if verify_only:
+        assert job["read"]["io_bytes"] >= 16 * MiB
+    else:
+        assert job["write"]["io_bytes"] >= 16 * MiB
 
 
 def digest(path: str) -> str:
@@ -92,9 +96,9 @@ def test_snapshot_a_live_device_recipe_fio_and_remount(mnt: Mount, tmp_path: Pat
     mnt.detach(snap_loop)
     snap_after = digest(mnt.dev("snap"))
     assert digest(mnt.dev("base")) == origin_after
-    mnt.detach(loop)
 
     # a remount brings the same devices back from the table directory, COW metadata from disk
+    mnt.detach(loop)
     snap_status = status(mnt, "snap")
     mnt.unmount()
     mnt.mount()
@@ -102,6 +106,38 @@ def test_snapshot_a_live_device_recipe_fio_and_remount(mnt: Mount, tmp_path: Pat
     assert digest(mnt.dev("snap")) == snap_after
     assert digest(mnt.dev("base")) == origin_after
     assert digest(base_img) == origin_after
+
+    # merge the snapshot back while fio rewrites and verifies the origin through a loop device
+    loop = mnt.losetup("base", "--direct-io=on")
+    mnt.cli("suspend", "base")
+    mnt.cli("suspend", "snap")
+    mnt.cli(
+        "load", "base", "--table", f"0 {SECTORS} snapshot-merge /dev/mapper/base-real {cow} P 16"
+    )
+    mnt.cli("resume", "base")
+    mnt.cli("remove", "snap")  # as lvconvert --merge does: the snapshot device goes away
+    used, _, meta = parse_usage(status(mnt, "base"))
+    assert used > meta  # the merge has work to do while fio runs
+    fio(loop, seed=4)  # here the merge was still about half way when fio finished
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        used, _, meta = parse_usage(status(mnt, "base"))
+        if used == meta:
+            break
+        time.sleep(0.2)
+    assert (used, meta) == (32, 32), status(mnt, "base")  # merged: only metadata left
+    fio(loop, seed=4, verify_only=True)  # the merge never overwrote what fio wrote
+    merged = digest(mnt.dev("base"))
+    mnt.detach(loop)
+    mnt.unmount()
+    mnt.mount()  # the merge table comes back with nothing left to merge
+    assert parse_usage(status(mnt, "base"))[::2] == (32, 32)
+    assert digest(base_img) == merged
+
+
+def parse_usage(line: str) -> tuple[int, int, int]:
+    used, rest = line.split()[3].split("/")
+    return int(used), int(rest), int(line.split()[4])
 
 
 WRITER = r"""
