@@ -170,8 +170,10 @@ async def test_flipped_data_byte_fails_exactly_that_block(
         assert await failing_blocks(m, "v", 256) == [77]
     assert f"{vs.data_path}: data block 77 is corrupted" in caplog.text
     assert m.status("v")[0]["lines"] == ["0 2048 verity C"]
-    with pytest.raises(DmError):  # any read containing the block fails
+    with pytest.raises(DmError):  # any read containing the block fails (hashed on a thread)
         await m.get("v").read(70 * 4096, 16 * 4096)
+    with pytest.raises(DmError):  # hashed in two slices on two threads
+        await m.get("v").read(0, 1 << 20)
     assert await read_block(m, "v", 76, 1) == vs.data[76 * 4096 : 77 * 4096]
 
 
@@ -260,6 +262,13 @@ async def test_check_at_most_once_trusts_a_block_after_its_first_check(vs: Setup
     )
     assert await failing_blocks(m, "once", 42) == [41]
     assert await failing_blocks(m, "every", 42) == [40, 41]
+    # whole aligned runs already checked are skipped at once; unchecked ones still are checked
+    assert await read_block(m, "once", 64, 64) == vs.data[64 * 4096 : 128 * 4096]
+    flip(vs.data_path, 70 * 4096)
+    flip(vs.data_path, 130 * 4096)
+    assert await read_block(m, "once", 64, 64) == vs_data_as_on_disk(vs)[64 * 4096 : 128 * 4096]
+    with pytest.raises(DmError):
+        await read_block(m, "once", 64, 72)
 
 
 # -- restart/panic modes ---------------------------------------------------------------------
