@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -47,6 +48,8 @@ class ExceptionStore(abc.ABC):
         self.exceptions: dict[int, int] = {}
         self.valid = True
         self.overflowed = False
+        # The active snapshot's dm event: raised once, when the store becomes invalid.
+        self.on_invalid: Callable[[], None] = _nothing
 
     def lookup(self, old: int) -> int | None:
         return self.exceptions.get(old)
@@ -65,7 +68,9 @@ class ExceptionStore(abc.ABC):
 
     async def invalidate(self) -> None:
         """The snapshot is lost (COW full or I/O error): say so durably where there is a disk."""
-        self.valid = False
+        if self.valid:
+            self.valid = False
+            self.on_invalid()
 
 
 class TransientStore(ExceptionStore):
@@ -270,6 +275,7 @@ class PersistentStore(ExceptionStore):
         if not self.valid:
             return
         self.valid = False
+        self.on_invalid()
         fmt.encode_header(self.header_chunk, valid=False, chunk_sectors=self.chunk_sectors)
         try:
             await self.cow.write(0, memoryview(self.header_chunk))
@@ -303,3 +309,7 @@ async def _read_chunk(cow: Backend, where: int, size: int) -> bytearray:
         log.warning("%s: reading snapshot metadata failed: %s", cow.display, exc)
         raise TableError("Failed to read snapshot metadata") from None
     return buf
+
+
+def _nothing() -> None:
+    pass

@@ -265,6 +265,7 @@ class Snapshot(Target):
         if src is not None and dest is self:
             src.handed_off = True  # the kernel marks the source invalid: no more I/O there
         self.store.cow = self.cow
+        self.store.on_invalid = self.raise_event
         self.active = True
         self.suspended = False
 
@@ -376,11 +377,9 @@ class Snapshot(Target):
             await self._invalidate("Error reading/writing.")
 
     async def _invalidate(self, why: str) -> None:
-        if not self.store.valid:
-            return
-        log.error("Invalidating snapshot: %s", why)
-        await self.store.invalidate()
-        self.raise_event()
+        if self.store.valid:
+            log.error("Invalidating snapshot: %s", why)
+        await self.store.invalidate()  # raises the dm event through store.on_invalid, once
 
     # -- flush and discard -------------------------------------------------------------------
     async def flush(self, flushed: Flushed) -> None:

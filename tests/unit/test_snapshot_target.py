@@ -288,3 +288,21 @@ async def test_concurrent_origin_and_snapshot_writes_copy_once(
     assert snap[8 * 4096 : 8 * 4096 + 1600] == b"s" * 1600
     assert snap[8 * 4096 + 1600 :] == pattern(8 * 4096 + 1600, 4 * 4096 - 1600)
     assert status(m, "snap0") == "0 512 snapshot 56/512 16"  # 5 chunks, each copied once
+
+
+async def test_cow_write_error_invalidates_with_one_event(make_file: Callable[..., str]) -> None:
+    o = make_file("o.img", 256 * KiB)
+    c = make_file("c.img", 128 * KiB, seed=None)
+    m = Manager()
+    await m.create("cow", f"0 256 linear {c} 0")
+    await m.create("snap0", f"0 {ORIGIN_SECTORS} snapshot {o} /dev/mapper/cow P 8")
+    await m.create("base", f"0 {ORIGIN_SECTORS} snapshot-origin {o}")
+    await write(m, "base", 0, b"a" * 4096)
+    await m.load("cow", "0 256 error")  # the COW device starts failing
+    await m.resume("cow")
+    await write(m, "base", 4096, b"b" * 4096)  # the origin write itself succeeds
+    assert await read(m, "base", 4096, 4096) == b"b" * 4096
+    assert status(m, "snap0") == "0 512 snapshot Invalid"
+    assert m.get("snap0").event_nr == 1
+    await write(m, "base", 8192, b"c" * 4096)
+    assert m.get("snap0").event_nr == 1  # no copies are tried for an invalid snapshot
