@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--target")
         if name == "table":
             t.add_argument("--showkeys", action="store_true")
+        else:  # a progress bar for a snapshot-merge, until it is done
+            t.add_argument("--watch", action="store_true")
+            t.add_argument("--interval", type=float, default=1.0)
     ls = sub.add_parser("ls")
     ls.add_argument("--target")
     dp = sub.add_parser("deps")
@@ -223,6 +226,8 @@ def _device_command(args: argparse.Namespace) -> None:
             },
         )
         _emit(args, res, output.lines_report(res, named=named, filtered=bool(args.target)))
+    elif cmd == "status" and args.watch:
+        _watch_merge(sock, args)
     elif cmd == "status":
         res = request(
             sock, "status", {"name": args.name, "inactive": args.inactive, "target": args.target}
@@ -242,6 +247,33 @@ def _device_command(args: argparse.Namespace) -> None:
     elif cmd == "version":
         res = request(sock, "version", {})
         _emit(args, res, output.version(res))
+
+
+def _watch_merge(sock: str, args: argparse.Namespace) -> None:
+    from dmfuse.snapshot import progress
+
+    if args.name is None:
+        raise DmError("--watch needs a device name")
+
+    def fetch() -> str:
+        res = request(sock, "status", {"name": args.name, "inactive": False, "target": None})
+        for line in res[0]["lines"]:
+            words = line.split(" ", 3)
+            if len(words) > 2 and words[2] == "snapshot-merge":
+                return words[3] if len(words) > 3 else ""
+        raise DmError(f"{args.name}: no snapshot-merge target")
+
+    tty = sys.stdout.isatty()
+
+    def emit(text: str) -> None:
+        sys.stdout.write(("\r" + text) if tty else text + "\n")
+        sys.stdout.flush()
+
+    status = progress.watch(fetch, time.sleep, emit, max(args.interval, 0.05))
+    if tty:
+        sys.stdout.write("\n")
+    if status:
+        raise DmError("the merge did not complete")
 
 
 def _mount(args: argparse.Namespace) -> int:
