@@ -119,12 +119,9 @@ def test_snapshot_a_live_device_recipe_fio_and_remount(mnt: Mount, tmp_path: Pat
     used, _, meta = parse_usage(status(mnt, "base"))
     assert used > meta  # the merge has work to do while fio runs
     fio(loop, seed=4)  # here the merge was still about half way when fio finished
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        used, _, meta = parse_usage(status(mnt, "base"))
-        if used == meta:
-            break
-        time.sleep(0.2)
+    watched = mnt.cli("status", "base", "--watch", "--interval", "0.1", timeout=300)
+    assert watched.stdout.splitlines()[-1].startswith("[" + "#" * 40 + "] 100.0%")
+    used, _, meta = parse_usage(status(mnt, "base"))
     assert (used, meta) == (32, 32), status(mnt, "base")  # merged: only metadata left
     fio(loop, seed=4, verify_only=True)  # the merge never overwrote what fio wrote
     merged = digest(mnt.dev("base"))
