@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algo
 
 from dmfuse.crypt.cipherspec import IV_MODES, KERNEL_ONLY_IV_MODES, CipherSpec
 from dmfuse.crypt.ivgen import benbi_shift, generator
-from dmfuse.errors import TableError
+from dmfuse.errors import IOFailure, TableError
 
 # The kernel fails the allocation of an algorithm it does not have with ENOENT.
 _NO_TFM = ("Error allocating crypto tfm", errno.ENOENT)
@@ -189,8 +189,8 @@ class SectorCipher:
         if self.null:
             return
         algs = self._algs
-        if not algs:
-            raise ValueError("crypt key is not set")
+        if not algs:  # wiped: resume is refused, so I/O cannot get here; fail it if it does
+            raise IOFailure("crypt: key is not set")
         size = self.sector_size
         units = len(buf) // size
         mode = self._mode

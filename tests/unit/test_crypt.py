@@ -356,3 +356,36 @@ async def test_big_encryption_does_not_hold_up_small_io(make_file: Callable[...,
         nursery.start_soon(big)
         nursery.start_soon(small)
     assert order == ["small", "big"]
+
+
+async def test_cipher_null_stores_plaintext_and_prints_dash(make_file: Callable[..., str]) -> None:
+    disk = make_file("disk.img", MiB, seed=None)
+    m = Manager()
+    await m.create("c", f"0 2040 crypt cipher_null-ecb-null - 0 {disk} 8")
+    await m.get("c").write(0, memoryview(b"plain" * 100))
+    with open(disk, "rb") as fh:
+        fh.seek(8 * 512)
+        assert fh.read(500) == b"plain" * 100
+    assert m.table("c", showkeys=True)[0]["lines"] == [
+        f"0 2040 crypt cipher_null-ecb-null - 0 {disk} 8"
+    ]
+    assert m.table("c")[0]["lines"] == [f"0 2040 crypt cipher_null-ecb-null 0 0 {disk} 8"]
+
+
+async def test_flush_reaches_the_backing_file(
+    make_file: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = make_file("disk.img", MiB, seed=None)
+    m = Manager()
+    await m.create("c", f"0 2048 crypt aes-xts-plain64 {K64} 0 {disk} 0")
+    backend = m.get("c").live.targets[0].devices()[0]  # type: ignore[union-attr]
+    calls: list[int] = []
+    real = backend.flush
+
+    async def counting() -> None:
+        calls.append(1)
+        await real()
+
+    monkeypatch.setattr(backend, "flush", counting)
+    await m.get("c").flush()
+    assert calls == [1]
