@@ -251,6 +251,8 @@ class Manager:
             if any(d.uuid == uuid for d in self.devices.values()):
                 raise DeviceBusy(f"uuid {uuid} already in use")
             device.uuid = uuid
+            if device.live is not None:
+                device.raise_event()  # as rename: the kernel signals a uuid change too
             self._save(device)
 
     async def message(self, name: str, sector: int, text: str) -> str | None:
@@ -258,6 +260,11 @@ class Manager:
         argv = split_args(text)
         if not argv:
             raise InvalidArgument("empty message")
+        if argv[0] == "@cancel_deferred_remove":  # handled by dm core, not a target
+            if len(argv) != 1:
+                raise InvalidArgument("Invalid arguments for @cancel_deferred_remove")
+            device.deferred_remove = False
+            return None
         live = device.live
         index = live.layout.index_of_sector(sector) if live is not None else -1
         plan_message(device.state(), index)
