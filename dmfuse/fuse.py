@@ -36,6 +36,7 @@ FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA = 3
 SEEK_HOLE = 4
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+_SYNC_FLAGS = os.O_SYNC | os.O_DSYNC
 
 
 def _fuse_error(exc: BaseException) -> pyfuse3.FUSEError:
@@ -64,6 +65,7 @@ class DeviceFiles(pyfuse3.Operations):
         self._inode_of: dict[int, int] = {}  # id(device) -> inode
         self._next_inode = pyfuse3.ROOT_INODE + 1
         self._handles: dict[int, Device] = {}
+        self._sync_handles: set[int] = set()
         self._next_fh = 1
         self.mounted = False
 
@@ -179,10 +181,13 @@ class DeviceFiles(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = device
+        if flags & _SYNC_FLAGS:
+            self._sync_handles.add(fh)
         device.open_count += 1
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     async def release(self, fh: int) -> None:
+        self._sync_handles.discard(fh)
         device = self._handles.pop(fh, None)
         if device is None:
             return
@@ -204,7 +209,11 @@ class DeviceFiles(pyfuse3.Operations):
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         try:
-            return await self._handles[fh].write(off, memoryview(buf))
+            device = self._handles[fh]
+            written = await device.write(off, memoryview(buf))
+            if fh in self._sync_handles:
+                await device.flush()  # O_SYNC/O_DSYNC: FUSE sends no fsync, so flush here
+            return written
         except Exception as exc:
             raise _fuse_error(exc) from None
 
