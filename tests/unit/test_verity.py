@@ -6,11 +6,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
@@ -506,3 +508,55 @@ async def test_table_must_be_readonly_and_data_must_cover_it(tmp_path: Path) -> 
     await m.create("v", f"0 2048 {line}", readonly=True)  # a zero tree: every read fails
     with pytest.raises(DmError):
         await m.get("v").read(0, 4096)
+
+
+async def test_concurrent_readers_with_a_tiny_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many readers at once, hash blocks evicted under them: every read is right or fails
+    exactly where the data is corrupt."""
+    if shutil.which("veritysetup") is None:
+        pytest.skip("veritysetup (cryptsetup-bin) not installed")
+    monkeypatch.setattr(verity_mod, "CACHE_BYTES", 1)  # the minimum: 16 hash blocks
+    data = make_data(tmp_path / "d.img", 4096, block_size=512)
+    root = veritysetup_format(
+        tmp_path / "d.img",
+        tmp_path / "h.img",
+        "--data-block-size=512",
+        "--hash-block-size=512",
+        "--salt=ab",
+    )
+    bad_block = 3001
+    flip(tmp_path / "d.img", bad_block * 512 + 17)
+    m = Manager()
+    await m.create(
+        "v",
+        f"0 4096 verity 1 {tmp_path / 'd.img'} {tmp_path / 'h.img'} 512 512 4096 1 sha256 "
+        f"{root} ab",
+        readonly=True,
+    )
+    dev = m.get("v")
+    rng = random.Random(7)
+    outcomes: list[bool] = []
+
+    async def reader(seed: int) -> None:
+        r = random.Random(seed)
+        for _ in range(30):
+            first = r.randrange(4096)
+            count = r.randrange(1, min(300, 4096 - first) + 1)
+            try:
+                got = await dev.read(first * 512, count * 512)
+            except DmError as exc:
+                assert exc.errno == errno.EIO
+                assert first <= bad_block < first + count
+                outcomes.append(False)
+            else:
+                assert not first <= bad_block < first + count
+                assert bytes(got) == data[first * 512 : (first + count) * 512]
+                outcomes.append(True)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(12):
+            nursery.start_soon(reader, rng.randrange(1 << 30))
+    assert len(outcomes) == 360 and any(outcomes)
+    assert len(target_of(m, "v")._cache) <= 16
