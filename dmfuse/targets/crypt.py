@@ -51,20 +51,23 @@ takes the key as a message argument, as ``dmsetup message`` does.
 
 Speed.  OpenSSL needs one cipher context per unit (the IV changes), so the cost is Python
 overhead per unit, not AES: ~2.3 us per unit with cryptography's context constructor (~4 us
-through ``Cipher(...)``; AES-XTS itself runs at GB/s here).  fio, 1M sequential, O_DIRECT on
-the device file, warm backing file, 2 shared CPUs with load 5-8 (noisy), MiB/s:
+through ``Cipher(...)``; AES-XTS itself runs at GB/s here).  ``bench/crypt.sh`` (fio, 1M
+sequential, O_DIRECT, one warm LUKS1 container behind every device, 2 shared CPUs, load
+3.6-4.9), MiB/s:
 
-    =====================  =========  ==========  ==========  ===========
-    table                  read QD1   read QD16   write QD1   write QD16
-    =====================  =========  ==========  ==========  ===========
-    linear                 2411       2037        953         893
-    aes-xts-plain64        77-113     93-104      37-95       49-92
-     + sector_size:4096    449-476    345-370     141-406     176-398
-    =====================  =========  ==========  ==========  ===========
+    ==========================  ========  =========  =========  ==========
+    device                      read QD1  read QD16  write QD1  write QD16
+    ==========================  ========  =========  =========  ==========
+    linear                      4624      3449       1640       1802
+    crypt aes-xts-plain64       145       130        118        97
+     + sector_size:4096         479       603        383        427
+    qemu-storage-daemon LUKS    190       184        240        390
+    ==========================  ========  =========  =========  ==========
 
-That is 0.05-0.1x linear with 512-byte units and 0.2-0.5x with 4096-byte units (LUKS2's
-default): short of the issue's 0.7x.  Requests of at least ``Crypt.THREAD_MIN`` bytes are
-encrypted in a worker thread so that smaller I/O is not queued behind a long encryption
+With 512-byte units that is ~0.03-0.07x linear and 0.25-0.75x qemu's LUKS driver; with
+4096-byte units (LUKS2's default) 0.14-0.24x linear and faster than qemu.  The issue's 0.7x
+linear is not reached.  Requests of at least ``Crypt.THREAD_MIN`` bytes are encrypted in a
+worker thread so that smaller I/O is not queued behind a long encryption
 (``test_big_encryption_does_not_hold_up_small_io``); the GIL is held for most of the per-unit
 work, so this buys fairness, not a second core.
 """

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# crypt vs linear vs qemu-storage-daemon's LUKS driver: 1M sequential fio, O_DIRECT.
+#
+#   CRYPT_SIZE_MB=256 CRYPT_RUNTIME=5 bench/crypt.sh
+#
+# One LUKS1 container (cryptsetup luksFormat with a known volume key, aes-xts-plain64, payload
+# at 2 MiB) serves every device, so all of them read and write the same bytes:
+#   linl    dmfuse `linear` over the payload (the ceiling)
+#   cryl    dmfuse `crypt aes-xts-plain64 ... 4096`: the table cryptsetup would load
+#   cry4k   the same with `sector_size:4096` (not LUKS1-compatible: speed only)
+#   qsd     qemu-storage-daemon's LUKS driver on the container, FUSE export
+# psync QD1 and libaio QD16 reads then writes; prints MiB/s and the load average per job.
+# Everything lives in bench/work/crypt/ (gitignored); mount and daemon are removed on exit.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(dirname "$BENCH_DIR")"
+SIZE_MB="${CRYPT_SIZE_MB:-256}"
+RUNTIME="${CRYPT_RUNTIME:-5}"
+WORK="${CRYPT_WORK:-$BENCH_DIR/work/crypt}"
+DMFUSE="${DMFUSE:-$REPO/.venv/bin/dmfuse}"
+SECTORS=$((SIZE_MB * 2048))
+
+for tool in fio cryptsetup qemu-storage-daemon; do
+    command -v "$tool" >/dev/null || { echo "crypt.sh: $tool is not installed" >&2; exit 1; }
+done
+mkdir -p "$WORK/tables" "$WORK/mnt"
+cd "$WORK"
+cleanup() {
+    "$DMFUSE" umount "$WORK/mnt" 2>/dev/null || fusermount3 -u "$WORK/mnt" 2>/dev/null || true
+    if [[ -f qsd.pid ]]; then kill "$(cat qsd.pid)" 2>/dev/null || true; rm -f qsd.pid; fi
+}
+trap cleanup EXIT
+
+# A known volume key, kept in the work directory only (the tables hold it anyway).
+python3 -c "import sys; sys.stdout.buffer.write(bytes(range(64)))" > vk.bin
+KEY=$(od -An -tx1 -v vk.bin | tr -d ' \n')
+IMG=tables/luks.img
+if [[ ! -f $IMG ]]; then
+    truncate -s $((SIZE_MB + 2))M "$IMG"
+    printf bench | cryptsetup luksFormat --batch-mode --type luks1 --pbkdf-force-iterations 1000 \
+        --cipher aes-xts-plain64 --key-size 512 --volume-key-file vk.bin "$IMG" --key-file -
+fi
+rm -f tables/*.table
+(
+    umask 077
+    echo "0 $SECTORS linear luks.img 4096" > tables/linl.table
+    echo "0 $SECTORS crypt aes-xts-plain64 $KEY 0 luks.img 4096" > tables/cryl.table
+    echo "0 $SECTORS crypt aes-xts-plain64 $KEY 0 luks.img 4096 1 sector_size:4096" \
+        > tables/cry4k.table
+)
+"$DMFUSE" mount tables mnt
+touch qsd.fuse
+qemu-storage-daemon --object secret,id=sec0,data=bench \
+    --blockdev "driver=file,node-name=prot,filename=$IMG,cache.direct=off" \
+    --blockdev driver=luks,node-name=luks,file=prot,key-secret=sec0 \
+    --export type=fuse,id=exp0,node-name=luks,mountpoint=qsd.fuse,writable=on \
+    --pidfile qsd.pid --daemonize
+cat "$IMG" > /dev/null   # warm page cache: every device reads the same cached file
+
+echo "$(nproc) CPUs; fio 1M sequential, ${RUNTIME}s per job, O_DIRECT on each device file"
+for rw in read write; do
+    for dev in mnt/linl mnt/cryl mnt/cry4k qsd.fuse; do
+        for qd in 1 16; do
+            engine=psync; (( qd > 1 )) && engine=libaio
+            mibs=$(fio --name=j --filename="$dev" --rw=$rw --bs=1M --direct=1 \
+                --ioengine=$engine --iodepth=$qd --runtime="$RUNTIME" --time_based \
+                --size="${SIZE_MB}M" --output-format=json 2>/dev/null \
+                | python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; \
+print(round((j['read']['bw'] + j['write']['bw']) / 1024))")
+            printf '%-5s %-10s QD%-2s %6s MiB/s   load %s\n' "$rw" "${dev##*/}" "$qd" "$mibs" \
+                "$(cut -d' ' -f1 /proc/loadavg)"
+        done
+    done
+done
