@@ -40,8 +40,8 @@ Suspend stops the merge, resume restarts it; a remount with the ``snapshot-merge
 continues from the records still on disk.  While merging, reads and writes of chunks not yet
 merged go to the COW, everything else to the origin (other snapshots of it still get their
 copies first, also before the merge itself overwrites an origin chunk).  Refused: ``N`` ("Snapshot
-exception store does not support snapshot-merge."), a second merge of one origin ("A snapshot is
-already merging.").
+exception store does not support snapshot-merge."), taking over a snapshot's store while another
+merge of the origin exists ("A snapshot is already merging.").
 
 Reloading a snapshot (a new table using the same COW while the old one exists) hands its
 exception store over at resume, as the kernel does: the new table shares the live store (so an
@@ -207,19 +207,21 @@ class Snapshot(Target):
         if storage_key(cow) == storage_key(origin_dev):
             raise TableError("COW device cannot be the same as origin device")
         kind, chunk_sectors = _parse_store(args[2], args[3], origin_dev, cow)
-        if cls.merging:
-            if kind == "N":
-                raise TableError("Snapshot exception store does not support snapshot-merge.")
-            existing = registry.find(origin_dev)
-            if existing is not None and any(
-                isinstance(s, SnapshotMerge) for s in existing.snapshots
-            ):
-                raise TableError("A snapshot is already merging.")
+        if cls.merging and kind == "N":
+            raise TableError("Snapshot exception store does not support snapshot-merge.")
         key = storage_key(cow)
         shared = _STORES.get(key)
-        if shared is not None:
+        if shared is not None:  # a handover: the new table takes the live store at resume
             if len(shared.users) >= 2:
                 raise TableError("Snapshot cow pairing for exception table handover failed")
+            existing = registry.find(origin_dev)
+            if (
+                cls.merging
+                and existing is not None
+                and any(isinstance(s, SnapshotMerge) for s in existing.snapshots)
+            ):
+                # only checked for a handover, as the kernel does (a merge of a fresh COW passes)
+                raise TableError("A snapshot is already merging.")
         else:
             store = await _open_store(kind, cow, chunk_sectors, origin_dev)
             shared = _STORES[key] = _Shared(key, store)
