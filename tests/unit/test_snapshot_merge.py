@@ -165,3 +165,22 @@ async def test_second_load_before_resume_is_refused(make_file: Callable[..., str
         await m.load("snap", f"0 512 snapshot {o} {c} P 8")
     await m.clear("snap")
     await m.load("snap", f"0 512 snapshot {o} {c} P 8")  # after clear it is accepted again
+
+
+async def test_merge_failed_status(make_file: Callable[..., str]) -> None:
+    o = make_file("o.img", SIZE)
+    c = make_file("c.img", 512 * KiB, seed=None)
+    m = Manager()
+    await m.create("od", f"0 512 linear {o} 0")
+    await m.create("snap", f"0 512 snapshot /dev/mapper/od {c} P 8")
+    await m.create("base", "0 512 snapshot-origin /dev/mapper/od")
+    await write(m, "base", 0, b"x" * 4096)
+    await m.load("od", "0 512 error")  # the origin can no longer be written
+    await m.resume("od")
+    await m.suspend("base")
+    await m.suspend("snap")
+    await m.load("base", f"0 512 snapshot-merge /dev/mapper/od {c} P 8")
+    await m.resume("base")
+    await trio.testing.wait_all_tasks_blocked()
+    assert status(m, "base") == "0 512 snapshot-merge Merge failed"
+    assert await read(m, "base", 0, 4096) == pattern(0, 4096)  # still in the COW, readable

@@ -306,3 +306,18 @@ async def test_cow_write_error_invalidates_with_one_event(make_file: Callable[..
     assert m.get("snap0").event_nr == 1
     await write(m, "base", 8192, b"c" * 4096)
     assert m.get("snap0").event_nr == 1  # no copies are tried for an invalid snapshot
+
+
+async def test_discard_zeroes_cow_chunks(make_file: Callable[..., str]) -> None:
+    o = make_file("o.img", 256 * KiB)
+    c = make_file("c.img", 128 * KiB, seed=None)
+    m = Manager()
+    await m.create("s", f"0 512 snapshot {o} {c} N 8 1 discard_zeroes_cow")
+    await write(m, "s", 0, b"w" * 4096)
+    with pytest.raises(DmError) as exc:  # a punch-hole must leave zeros: refused
+        await m.get("s").discard(0, 8192)
+    assert exc.value.errno == errno.EOPNOTSUPP
+    live = m.get("s").live
+    assert live is not None
+    await live.targets[0].discard(0, 8192)  # the target's own discard, as the kernel's
+    assert await read(m, "s", 0, 8192) == bytes(4096) + pattern(4096, 4096)
