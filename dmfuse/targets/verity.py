@@ -116,7 +116,14 @@ _SIG = "root_hash_sig_key_desc"
 
 
 class Corrupted(IOFailure):
-    """A block did not match its digest (the kernel's ``had_mismatch``)."""
+    """A block did not match its digest (the kernel's ``had_mismatch``).
+
+    ``source`` is the target that found it: to a verity stacked above, a lower verity's
+    mismatch is an ordinary I/O error (restart_on_error applies there)."""
+
+    def __init__(self, message: str, source: Verity) -> None:
+        super().__init__(message)
+        self.source = source
 
 
 class _HashBlock:
@@ -238,12 +245,11 @@ class Verity(Target):
         try:
             await self.data.read(offset, buf)
             await self._verify(offset >> self._block_bits, len(buf) >> self._block_bits, buf)
-        except Corrupted:
-            raise
         except (OSError, DmError) as exc:
-            # restart_on_error / panic_on_error: an I/O error that is not a mismatch
-            if self.options.error_mode != MODE_EIO:
-                self._trip(self.options.error_mode, f"I/O error: {exc}")
+            # restart_on_error / panic_on_error: an I/O error that is not our own mismatch
+            mode = self.options.error_mode
+            if mode != MODE_EIO and not (isinstance(exc, Corrupted) and exc.source is self):
+                self._trip(mode, _ERROR_MODE_NAMES[mode], f"I/O error: {exc}")
             raise
 
     async def _verify(self, first: int, count: int, buf: memoryview) -> None:
@@ -400,13 +406,12 @@ class Verity(Target):
         if mode == MODE_LOGGING:
             return
         if mode != MODE_EIO:
-            self._trip(mode, f"{kind} block {block} is corrupted")
-        raise Corrupted(f"verity: {self.data.display}: {kind} block {block} is corrupted")
+            self._trip(mode, _MODE_NAMES[mode], f"{kind} block {block} is corrupted")
+        raise Corrupted(f"verity: {self.data.display}: {kind} block {block} is corrupted", self)
 
-    def _trip(self, mode: str, reason: str) -> None:
+    def _trip(self, mode: str, name: str, reason: str) -> None:
         if self.tripped is not None:
             return
-        name = (_MODE_NAMES if "corrupt" in reason else _ERROR_MODE_NAMES)[mode]
         self.tripped = f"{reason}: {name}: failing all I/O until the table is replaced"
         level = logging.CRITICAL if mode == MODE_PANIC else logging.ERROR
         log.log(level, "verity: %s: %s", self.data.display, self.tripped)

@@ -560,3 +560,17 @@ async def test_concurrent_readers_with_a_tiny_cache(
             nursery.start_soon(reader, rng.randrange(1 << 30))
     assert len(outcomes) == 360 and any(outcomes)
     assert len(target_of(m, "v")._cache) <= 16
+
+
+async def test_stacked_verity_sees_the_lower_mismatch_as_an_io_error(vs: Setup) -> None:
+    flip(vs.data_path, 77 * 4096)
+    m = Manager()
+    await m.create("lower", vs.table(), readonly=True)
+    upper = vs.table("1 restart_on_error").replace(str(vs.data_path), "/dev/mapper/lower", 1)
+    await m.create("upper", upper, readonly=True)
+    assert await read_block(m, "upper", 0) == vs.data[:4096]
+    assert await failing_blocks(m, "upper", 80) == list(range(77, 80))  # tripped at 77
+    assert target_of(m, "upper").tripped is not None
+    assert m.status("upper")[0]["lines"] == ["0 2048 verity V"]  # no mismatch of its own
+    assert m.status("lower")[0]["lines"] == ["0 2048 verity C"]
+    assert m.table("upper")[0]["lines"] == [upper]
