@@ -27,8 +27,18 @@ done
 mkdir -p "$WORK/tables" "$WORK/mnt"
 cd "$WORK"
 cleanup() {
+    local pid="" i
     "$DMFUSE" umount "$WORK/mnt" 2>/dev/null || fusermount3 -u "$WORK/mnt" 2>/dev/null || true
-    if [[ -f qsd.pid ]]; then kill "$(cat qsd.pid)" 2>/dev/null || true; rm -f qsd.pid; fi
+    [[ -s qsd.pid ]] && pid="$(cat qsd.pid)"
+    if [[ -n "$pid" ]] && grep -q '^qemu-storage' "/proc/$pid/comm" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f qsd.pid
+    # a terminated qemu-storage-daemon can leave its FUSE export mounted
+    if findmnt -rn --mountpoint "$WORK/qsd.fuse" >/dev/null; then
+        fusermount3 -u "$WORK/qsd.fuse" 2>/dev/null || umount -l "$WORK/qsd.fuse" || true
+    fi
 }
 trap cleanup EXIT
 
