@@ -78,6 +78,12 @@ class Target(abc.ABC):
 
     name: ClassVar[str]
     version: ClassVar[tuple[int, int, int]]
+    # dm target features: ``singleton`` (DM_TARGET_SINGLETON) must be alone in its table; a live
+    # ``immutable`` target (DM_TARGET_IMMUTABLE) can only be replaced by a table with the same
+    # immutable type or a ``wildcard`` one (DM_TARGET_WILDCARD: error)
+    singleton: ClassVar[bool] = False
+    immutable: ClassVar[bool] = False
+    wildcard: ClassVar[bool] = False
     limits: Limits = Limits()
 
     def __init__(self, length: int) -> None:

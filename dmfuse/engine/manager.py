@@ -29,7 +29,7 @@ from dmfuse.lifecycle import (
     plan_set_uuid,
 )
 from dmfuse.table import SECTOR_SIZE, has_targets, parse_table, split_args
-from dmfuse.target import lookup, registered
+from dmfuse.target import Target, lookup, registered
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,21 @@ class Manager:
             lookup=self.devices.get,
             by_minor=self._by_minor,
         )
-        built = []
+        built: list[Target] = []
         try:
             for line in lines:
                 cls = lookup(line.target_type)
+                # dm_table_add_target: a singleton type must be alone in its table
+                if built and built[0].singleton:
+                    raise TableError(
+                        f"line {line.lineno}: target type {built[0].name} must appear alone "
+                        "in table"
+                    )
+                if built and cls.singleton:
+                    raise TableError(
+                        f"line {line.lineno}: {line.target_type}: singleton target type must "
+                        "appear alone in table"
+                    )
                 try:
                     built.append(await cls.construct(opener, line.length * SECTOR_SIZE, line.args))
                 except DmError as exc:
@@ -159,6 +170,7 @@ class Manager:
         async with self._lock:
             device = self.get(name)
             loaded = await self.build(name, table, readonly=readonly, cwd=cwd)
+            await _check_immutable(device, loaded)
             await _check_initial_fit(device, loaded)
             await device.load(loaded)
 
@@ -387,6 +399,21 @@ async def _check_initial_fit(device: Device, loaded: LoadedTable) -> None:
         except DmError:
             await loaded.destroy()
             raise
+
+
+async def _check_immutable(device: Device, loaded: LoadedTable) -> None:
+    """table_load: a live immutable target (verity) is replaced only by its own type or a
+    wildcard (error) table.  The kernel remembers the type for the device's lifetime; this
+    looks at the live table only."""
+    live = device.live
+    fixed = next((t for t in live.targets if t.immutable), None) if live is not None else None
+    if fixed is None:
+        return
+    new = loaded.targets
+    if any(t.wildcard for t in new) or any(t.immutable and t.name == fixed.name for t in new):
+        return
+    await loaded.destroy()
+    raise TableError(f"can't replace immutable target type {fixed.name}")
 
 
 def _only(lines: list[str], target: str | None) -> list[str]:

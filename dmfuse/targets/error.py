@@ -20,6 +20,7 @@ from dmfuse.target import DeviceOpener, Limits, Target, register
 @register
 class Error(Target):
     name = "error"
+    wildcard = True  # may replace an immutable table (dm-spec 5.4)
     version = (1, 7, 0)
     limits = Limits(flush_bios=0, discard_zeroes=False, write_zeroes=False)
 
