@@ -25,6 +25,9 @@ Optional parameters (names case-insensitive, printed in lower case):
   ``check_at_most_once``     verify each data block only the first time it is read (bitmap)
   ``try_verify_in_tasklet``  accepted and printed back; no effect (a kernel scheduling choice)
 The table must be read-only (``create -r`` or ``# dmfuse: readonly``): "Device must be readonly".
+verity must be alone in its table ("target type verity must appear alone in table"), and a
+live verity table can only be replaced by another verity or an error table ("can't replace
+immutable target type verity").
 
 Reads: each data block read is hashed and checked against its digest in the level-0 hash
 block, which is itself checked up the tree to the root digest before it is trusted.  Verified
@@ -56,8 +59,9 @@ Not supported, refused with a message naming it: forward error correction
 here) and ``root_hash_sig_key_desc`` (needs the kernel keyring).
 Differences from the kernel (6.12, verity 1.10.0; strings and errors checked in the VM): the
 minimum data/hash block size is 512 for every device (the kernel uses the device's logical
-block size); the engine does not enforce "target type verity must appear alone in table" nor
-"can't replace immutable target type verity" (DM_TARGET_SINGLETON/IMMUTABLE); a mismatching
+block size); "can't replace immutable target type verity" (only a verity or an error table
+may be loaded over it) is checked against the live table only (the kernel remembers the type
+for the device's lifetime, so it refuses e.g. linear even after an error table); a mismatching
 data block is not re-read before it is declared corrupt (the kernel's ``verity_recheck``
 guards against data changing under DMA); no uevent on corruption; a message gets the
 engine's generic refusal (the kernel: "Target type does not support messages").
@@ -138,6 +142,8 @@ class _HashBlock:
 class Verity(Target):
     name = "verity"
     version = (1, 10, 0)
+    singleton = True
+    immutable = True
 
     def __init__(
         self,

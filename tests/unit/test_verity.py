@@ -574,3 +574,27 @@ async def test_stacked_verity_sees_the_lower_mismatch_as_an_io_error(vs: Setup) 
     assert m.status("upper")[0]["lines"] == ["0 2048 verity V"]  # no mismatch of its own
     assert m.status("lower")[0]["lines"] == ["0 2048 verity C"]
     assert m.table("upper")[0]["lines"] == [upper]
+
+
+async def test_verity_is_alone_in_its_table_and_only_verity_or_error_replaces_it(
+    vs: Setup,
+) -> None:
+    m = Manager()
+    with pytest.raises(DmError, match=r"^line 2: target type verity must appear alone in table$"):
+        await m.create("v", f"{vs.table()}\n2048 8 zero", readonly=True)
+    with pytest.raises(
+        DmError, match=r"^line 2: verity: singleton target type must appear alone in table$"
+    ):
+        await m.create("v", f"0 8 zero\n8 2048 verity {vs.args()}", readonly=True)
+    assert not m.devices and not m.pool._files
+    await m.create("v", vs.table(), readonly=True)
+    with pytest.raises(DmError, match=r"^can't replace immutable target type verity$") as exc:
+        await m.load("v", "0 2048 zero", readonly=True)
+    assert exc.value.errno == errno.EINVAL
+    assert m.get("v").inactive is None
+    await m.load("v", vs.table("1 ignore_corruption"), readonly=True)  # same type: fine
+    await m.load("v", "0 2048 error")  # the wildcard type may replace it
+    await m.resume("v")
+    with pytest.raises(DmError):
+        await m.get("v").read(0, 4096)
+    await m.load("v", "0 2048 zero")  # no verity live any more
