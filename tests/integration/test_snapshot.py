@@ -223,3 +223,54 @@ def test_kill_9_during_writes_keeps_every_fsynced_write(mnt: Mount, tmp_path: Pa
         else:
             assert base[at] == old, ("origin sees snapshot write", k, block)
     assert mnt.cli("status", "snap").stdout.split()[3] != "Invalid"
+
+
+def test_kill_9_mid_merge_then_the_merge_finishes(mnt: Mount) -> None:
+    """The daemon dies in the middle of a merge; after a remount the merge table continues from
+    the records still on disk and the origin ends up exactly as the snapshot was."""
+    original = pattern(0, 16 * MiB)
+    mnt.image("base.img", 16 * MiB, data=original)
+    mnt.image("cow.img", 20 * MiB)
+    mnt.table("base-real", f"0 {SECTORS} linear base.img 0")
+    mnt.table("snap", f"0 {SECTORS} snapshot /dev/mapper/base-real cow.img P 8")
+    mnt.table("base", f"0 {SECTORS} snapshot-origin /dev/mapper/base-real")
+    mnt.mount()
+    expected = bytearray(original)
+    blocks = list(range(4096))
+    random.Random(7).shuffle(blocks)  # COW chunks in random order: one merge run per chunk
+    fd = os.open(mnt.dev("snap"), os.O_WRONLY)
+    try:
+        for block in blocks[:3000]:
+            data = marker("snap", block)
+            os.pwrite(fd, data, block * 4096)
+            expected[block * 4096 : (block + 1) * 4096] = data
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    mnt.cli("suspend", "base")
+    mnt.cli("suspend", "snap")
+    cow = mnt.tables / "cow.img"
+    mnt.cli(
+        "load", "base", "--table", f"0 {SECTORS} snapshot-merge /dev/mapper/base-real {cow} P 8"
+    )
+    mnt.cli("resume", "base")
+    mnt.cli("remove", "snap")
+    start = parse_usage(status(mnt, "base"))[0]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # let part of it merge, then pull the plug
+        used = parse_usage(status(mnt, "base"))[0]
+        if used < start - 800:
+            break
+        time.sleep(0.05)
+    pid = mnt.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    run("fusermount3", "-u", "-z", str(mnt.mnt), check=False)
+    mnt.mounted = False
+    mnt.mount()  # over the killed daemon's leftover pid file and socket
+    left = parse_usage(status(mnt, "base"))
+    assert left[2] < left[0] < start  # resumed part way
+    mnt.cli("status", "base", "--watch", "--interval", "0.1", timeout=300)
+    assert parse_usage(status(mnt, "base"))[::2] == (16, 16)  # header + area 0, chunk 8
+    with open(mnt.dev("base"), "rb") as fh:
+        assert fh.read() == expected
