@@ -109,13 +109,21 @@ class SectorCipher:
         if self.null and spec.chainmode != "ecb":
             raise TableError(*_NO_TFM)
         essiv = spec.ivmode == "essiv"
-        if essiv and (spec.ivopts not in _HASHES or spec.chainmode == "ecb"):
+        if essiv and spec.chainmode == "ecb":
+            raise TableError("Error allocating crypto tfm")  # essiv needs an IV: EINVAL
+        if essiv and spec.ivopts not in _HASHES:
             raise TableError(*_NO_TFM)  # no such essiv(...) instance
         # -- the IV mode (crypt_ctr_ivmode): ciphers without IVs silently drop it.
         iv_size = _CHAIN_IV_SIZE[spec.chainmode]
         ivmode = spec.ivmode if iv_size else None
         if iv_size:
             iv_size = max(iv_size, 8)
+        if iv_size and ivmode is None:
+            # capi:xts(aes) without an IV mode: the kernel then uses whatever bytes are in
+            # its request buffer as the IV, which nobody can reproduce
+            raise TableError(f"dmfuse needs an IV mode for {spec.chainmode}")
+        if ivmode == "random":  # AEAD only: needs integrity metadata on the device
+            raise TableError("Integrity profile not supported.")
         if ivmode is not None and ivmode not in IV_MODES:
             if ivmode in KERNEL_ONLY_IV_MODES:
                 raise TableError(f"IV mode {ivmode} is not supported by dmfuse")

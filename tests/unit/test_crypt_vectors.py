@@ -11,13 +11,16 @@ stored image from that run) lives in ``tests/integration/test_crypt.py``.
 
 from __future__ import annotations
 
+import errno
 import lzma
+import re
 from pathlib import Path
 
 import pytest
 
 from dmfuse.crypt import sectors
 from dmfuse.engine.manager import Manager
+from dmfuse.errors import TableError
 from tests.conftest import pattern
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kernel"
@@ -138,3 +141,72 @@ async def test_public_cipher_api_fallback_matches_kernel(
     monkeypatch.setattr(sectors, "_DECRYPTOR", sectors._public_decryptor)
     kernel = lzma.decompress(IMAGE_XZ.read_bytes())
     compare(kernel, await dmfuse_image(tmp_path))
+
+
+# -- constructor checks and table strings against the kernel's transcript -----------------
+BEHAVIOUR = DATA / "crypt-behaviour.txt"  # crypt-behaviour.sh run in the VM (kernel 6.12)
+_KERNEL_ERROR = re.compile(r"device-mapper: table: 253:0: crypt: (.*) \(-(E[A-Z]+)\)$")
+# Where dmfuse knowingly differs (each listed in the crypt man page): table word -> our error.
+_DIFFERENCES = {
+    "aes-xts-eboiv": "IV mode eboiv is not supported by dmfuse",
+    "aes-cbc-lmk": "IV mode lmk is not supported by dmfuse",
+    "aes-cbc-tcw": "IV mode tcw is not supported by dmfuse",
+    "capi:xts(aes)": "dmfuse needs an IV mode for xts",
+    K32[:48] * 2: "Error decoding and setting key",  # AES-192-XTS: not in OpenSSL
+    K32 * 2: "Error decoding and setting key: OpenSSL refuses XTS keys with equal halves",
+}
+
+
+def _behaviour_records() -> list[tuple[str, list[str]]]:
+    records: list[tuple[str, list[str]]] = []
+    for line in BEHAVIOUR.read_text().splitlines():
+        if line.startswith("$ "):
+            records.append((line[2:], []))
+        elif records:
+            records[-1][1].append(line)
+    return records
+
+
+def _creates() -> list[tuple[str, list[str], list[str]]]:
+    """(table, what the create printed, what the table/status commands printed)."""
+    out = []
+    records = _behaviour_records()
+    for i, (cmd, lines) in enumerate(records):
+        match = re.fullmatch(r'dmsetup create x --table "(.*)"', cmd)
+        if match:
+            shown = records[i + 1][1] if lines[0].startswith("rc=0") else []
+            out.append((match.group(1), lines, shown))
+    return out
+
+
+@pytest.mark.parametrize(("table", "printed", "shown"), _creates())
+async def test_constructor_matches_kernel_transcript(
+    tmp_path: Path, table: str, printed: list[str], shown: list[str]
+) -> None:
+    disk = tmp_path / "vdb.img"
+    with disk.open("wb") as fh:
+        fh.truncate(1 << 20)  # /dev/vdb in the VM: 1 MiB
+    ours = table.replace("/dev/vdb", str(disk))
+    errors = [m for m in map(_KERNEL_ERROR.match, printed) if m]
+    different = [v for k, v in _DIFFERENCES.items() if k in table.split()]
+    m = Manager()
+    try:
+        if different:
+            with pytest.raises(TableError, match=re.escape(different[0])):
+                await m.create("x", ours)
+        elif errors:
+            message, err = errors[0].group(1), errors[0].group(2)
+            with pytest.raises(TableError) as exc:
+                await m.create("x", ours)
+            assert str(exc.value).startswith(f"line 1: crypt: {message}")
+            if message != "Device lookup failed":  # the opener's errno is EINVAL for a file
+                assert errno.errorcode[exc.value.errno] == err
+        else:
+            await m.create("x", ours)
+            masked, full, status = shown[0].removeprefix("rc=0 "), shown[1], shown[2]
+            dev = "254:16"
+            assert m.table("x")[0]["lines"] == [masked.replace(dev, str(disk))]
+            assert m.table("x", showkeys=True)[0]["lines"] == [full.replace(dev, str(disk))]
+            assert m.status("x")[0]["lines"] == [status]
+    finally:
+        await m.shutdown()
