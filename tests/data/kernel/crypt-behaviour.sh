@@ -1,4 +1,7 @@
-# guest: crypt behaviour transcript
+# Guest script: dm-crypt constructor, table/status, message and I/O-alignment behaviour of the
+# real kernel.  Recorded with Linux 6.12 (dm-crypt 1.28.0) as crypt-behaviour.txt by
+#   KDM_DIR=.cache/kdm ../shared/tools/kdm-vm.sh run WORK WORK/crypt-behaviour.sh DISK16M DISK1M
+# (stdout redirected to WORK/crypt-behaviour.txt inside the guest; /dev/vdb is the 1 MiB disk).
 cd "$(dirname "$0")"
 dmesg -c >/dev/null
 K32=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
