@@ -35,10 +35,11 @@ Differences from the kernel:
   stack).  Same sectors and data, cut at different places.  An unaligned write is logged as the
   whole sectors it rewrote (read-modify-write); on a kernel block device it would be refused
   (O_DIRECT) or go through the page cache (whole pages).
-* FUSE has no FUA, and an ``O_DIRECT|O_DSYNC`` write reaches us as a plain write (the kernel's
-  FUSE sends no fsync after a direct_io write): dmfuse logs a plain write where the kernel logs a
-  FUA entry (at once, ahead of older unflushed writes) followed by O_DSYNC's FLUSH.  The METADATA
-  flag is never set (FUSE does not carry REQ_META).
+* FUSE has no FUA.  A write through an ``O_SYNC``/``O_DSYNC`` file handle is followed by a
+  flush (dmfuse's FUSE layer flushes after every write on such a handle), so dmfuse logs the
+  plain write and then a FLUSH where the kernel logs a FUA entry (at once, ahead of older
+  unflushed writes) followed by O_DSYNC's FLUSH: the same data is durable at the same point.
+  The METADATA flag is never set (FUSE does not carry REQ_META).
 * Table/status print files as paths (the kernel prints MAJOR:MINOR), like every dmfuse target.
 * The log sector size is always 512 (the kernel uses ``dev``'s logical block size).
 * Sector numbers are relative to the target's start (the kernel logs the mapped device's

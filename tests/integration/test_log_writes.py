@@ -58,6 +58,7 @@ def dmfuse_log(mnt: Mount, which: str) -> str:
 DMFUSE_FUA = [
     (8, 8, 0, 0, b""),
     (16, 8, 0, 0, b""),
+    (0, 0, fmt.FLUSH, 0, b""),  # the O_DSYNC write is flushed at once (the kernel: FUA + FLUSH)
     (32, 8, 0, 0, b""),
     (0, 0, fmt.FLUSH, 0, b""),
     (0, 0, fmt.MARK, 17, b"dm-log-writes-end"),
