@@ -17,6 +17,7 @@ from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
 from tests.conftest import pattern
 from tests.integration.harness import Mount, run
+from tests.kernel_vm import KDM_DIR, KDM_VM
 
 MiB = 1 << 20
 BLOCK = 4096
@@ -265,8 +266,6 @@ KERNEL_CASES = [
     "unstriped 2 8 0 {A} x",
 ]
 KERNEL_SECTORS = 8184  # divides by 2, 6 and 8
-KDM_DIR = Path("/work/main/.cache/kdm")
-KDM_VM = Path(__file__).resolve().parents[3] / "shared" / "tools" / "kdm-vm.sh"
 
 
 def _kernel_script() -> str:

@@ -16,10 +16,9 @@ import pytest
 from dmfuse import logwrites_format as fmt
 from dmfuse import replay_log
 from tests.integration.harness import DMFUSE, Mount, run
+from tests.kernel_vm import KDM_DIR, KDM_VM
 
 KERNEL = Path(__file__).parent.parent / "data" / "kernel"
-KDM_DIR = Path("/work/main/.cache/kdm")
-KDM_VM = Path(__file__).resolve().parents[3] / "shared" / "tools" / "kdm-vm.sh"
 MiB = 1 << 20
 USED = 174 * 512  # super + the 11 entries of the "compare" sequence (173 log sectors)
 

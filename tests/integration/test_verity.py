@@ -15,10 +15,9 @@ import trio
 
 from dmfuse.verity.tree import Geometry
 from tests.integration.harness import Mount, run
+from tests.kernel_vm import KDM_DIR, KDM_VM
 from tests.unit.test_verity import flip, make_data, veritysetup_format
 
-KDM_DIR = Path("/work/main/.cache/kdm")
-KDM_VM = Path(__file__).resolve().parents[3] / "shared" / "tools" / "kdm-vm.sh"
 SHIM_SRC = Path(__file__).resolve().parents[3] / "shared" / "tools" / "dmtable_shim.c"
 
 

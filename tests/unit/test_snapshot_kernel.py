@@ -23,10 +23,9 @@ import trio.testing
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
 from tests.conftest import pattern
+from tests.kernel_vm import CACHE, KDM_DIR, KDM_VM
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kernel"
-KDM_DIR = Path("/work/main/.cache/kdm")
-KDM_VM = Path(__file__).resolve().parents[3] / "shared" / "tools" / "kdm-vm.sh"
 
 KERNEL_SNAP_SHA = "bcaa84a995c1b459d530b8127458f2c5c848220a7e6f67941f94b309f8b4fc5f"
 KERNEL_ORIGIN_SHA = "e6041191d8526849bfcaffdf422e79faea8450c8a78de6ad2067ff9dc42206a1"
@@ -158,7 +157,7 @@ async def test_kernel_loads_dmfuse_cow(make_file: Callable[..., str], tmp_path: 
     is loaded by the real kernel with identical snapshot contents and status."""
     if not (KDM_DIR / "vmlinuz").exists() or not KDM_VM.exists():
         pytest.skip(f"kernel VM not set up ({KDM_DIR}/vmlinuz missing)")
-    work = Path("/work/main/.cache/snapshot-test-work")
+    work = CACHE / "snapshot-test-work"
     work.mkdir(parents=True, exist_ok=True)
     o, c = files(work, sectors(5, 512), 128 * 1024)
     m = Manager()
@@ -241,7 +240,7 @@ async def test_kernel_merges_dmfuse_cow() -> None:
     """The kernel's snapshot-merge of a COW dmfuse wrote gives the recorded bytes."""
     if not (KDM_DIR / "vmlinuz").exists() or not KDM_VM.exists():
         pytest.skip(f"kernel VM not set up ({KDM_DIR}/vmlinuz missing)")
-    work = Path("/work/main/.cache/snapshot-test-work")
+    work = CACHE / "snapshot-test-work"
     work.mkdir(parents=True, exist_ok=True)
     o, c = await merge_inputs(work)
     (work / "vm.sh").write_text(MERGE_VM_SCRIPT)
