@@ -16,14 +16,12 @@ from dmfuse.backends.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fall
 from dmfuse.engine.manager import Manager
 from tests.conftest import pattern
 from tests.integration.harness import Mount, run
+from tests.kernel_vm import KDM_DIR, KDM_VM
 from tests.unit import test_crypt_vectors as vectors
 from tests.unit.test_crypt import K64, xts_decrypt
 
 MiB = 1 << 20
 SHIM_SRC = Path(__file__).resolve().parents[3] / "shared" / "tools" / "dmtable_shim.c"
-
-KDM_DIR = Path("/work/main/.cache/kdm")
-KDM_VM = Path(__file__).resolve().parents[3] / "shared" / "tools" / "kdm-vm.sh"
 
 
 @pytest.mark.kernel
@@ -243,6 +241,7 @@ def test_fio_verify_and_ext4_through_a_loop_device(mnt: Mount, tmp_path: Path) -
     fio = run(
         "fio", "--name=v", f"--filename={loop}", "--rw=randwrite", "--bsrange=512-64k",
         "--ioengine=libaio", "--iodepth=16", "--direct=1", "--size=24M", "--verify=crc32c",
+        "--verify_state_save=0",
         "--verify_fatal=1", "--randrepeat=1", "--norandommap", "--output-format=terse",
         timeout=600,
     )  # fmt: skip

@@ -34,6 +34,7 @@ def fio(target: str, seed: int, rw: str = "randwrite", verify_only: bool = False
         "--size=16M",
         f"--randseed={seed}",
         "--verify=crc32c",
+        "--verify_state_save=0",
         "--verify_fatal=1",
         "--do_verify=1",
         "--output-format=json",
