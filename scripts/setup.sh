@@ -9,8 +9,8 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${DMFUSE_VENV:-$REPO/.venv}
 PY=${PYTHON:-python3}
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev fio e2fsprogs xfsprogs util-linux
-              qemu-system-common qemu-utils)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev fio e2fsprogs xfsprogs util-linux patch
+              qemu-system-common qemu-utils cryptsetup-bin libdevmapper-dev xz-utils)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
