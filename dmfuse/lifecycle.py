@@ -96,21 +96,10 @@ def plan_message(state: DeviceState, target_index: int) -> Plan:
     return Plan.PROCEED
 
 
-def attr_string(state: DeviceState, readonly: bool) -> str:
-    """``dmsetup info -c`` Stat column: ``[L-][I-][s-][rw]``."""
-    return (
-        ("L" if state.has_live else "-")
-        + ("I" if state.has_inactive else "-")
-        + ("s" if state.suspended else "-")
-        + ("r" if readonly else "w")
-    )
-
-
 __all__ = [
     "DeviceState",
     "DmError",
     "Plan",
-    "attr_string",
     "check_name",
     "check_uuid",
     "plan_message",

@@ -4,7 +4,6 @@ from dmfuse.errors import DeviceBusy, InvalidArgument
 from dmfuse.lifecycle import (
     DeviceState,
     Plan,
-    attr_string,
     check_name,
     plan_message,
     plan_remove,
@@ -65,8 +64,3 @@ def test_uuid_settable_once() -> None:
 def test_bad_names(name: str) -> None:
     with pytest.raises(InvalidArgument):
         check_name(name)
-
-
-def test_attr_string() -> None:
-    assert attr_string(DeviceState(has_live=True), readonly=False) == "L--w"
-    assert attr_string(DeviceState(has_inactive=True, suspended=True), readonly=True) == "-Isr"
