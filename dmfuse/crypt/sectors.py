@@ -8,27 +8,33 @@ order of checks so that errors carry the kernel's ``ti->error`` text: allocate t
 (``Error decoding and setting key``), build the IV generator (``Error creating IV``).
 
 What OpenSSL provides decides what is accepted: AES (128/192/256) in ``xts`` (AES-128/256
-only: OpenSSL has no AES-192-XTS and refuses XTS keys whose halves are equal), ``cbc``,
+only, halves not equal: what OpenSSL's own XTS accepts, against which the batched XTS is
+tested; the kernel takes both), ``cbc``,
 ``ctr`` and ``ecb``, and ``cipher_null`` in ``ecb``; ESSIV with the hashlib digests whose
 names match the kernel's.  Everything else is refused as the kernel refuses an algorithm it
 does not have.
 
-Speed: one ``Cipher`` context per unit is unavoidable where the IV changes (XTS, CBC, CTR);
-the per-unit work is kept to building the IV and one ``update``.  ESSIV IVs of a whole
-request are made with one ECB call; ``ecb`` with one key is one call for the whole request.
+Speed: no cipher context per unit.  A request is converted as a whole by
+:mod:`dmfuse.crypt.batched` (AES-ECB from OpenSSL over the whole buffer plus numpy for the
+XTS tweaks, CBC chaining and CTR counters), IVs are made with :func:`~dmfuse.crypt.ivgen.iv_array`,
+and the ECB ``Cipher`` objects are built once per key.  Only CBC *encryption* of a few units
+(fewer than ``blocks per unit / _CBC_COLUMNS_MIN``) uses one public ``Cipher(AES, CBC(iv))``
+context per unit.  Several subkeys (``aes:2-...``): the units of each subkey are batched
+together.  IV sectors are taken modulo 2^64, as the kernel's ``sector_t``.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-from collections.abc import Callable
-from typing import Any
 
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherAlgorithm, algorithms, modes
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from dmfuse.crypt import batched
+from dmfuse.crypt.batched import Bytes
 from dmfuse.crypt.cipherspec import IV_MODES, KERNEL_ONLY_IV_MODES, CipherSpec
-from dmfuse.crypt.ivgen import benbi_shift, generator
+from dmfuse.crypt.ivgen import benbi_shift, iv_array
 from dmfuse.errors import IOFailure, TableError
 
 # The kernel fails the allocation of an algorithm it does not have with ENOENT.
@@ -50,47 +56,22 @@ _HASHES = {
 _CHAIN_IV_SIZE = {"xts": 16, "cbc": 16, "ctr": 16, "ecb": 0}
 _AES_KEYS = (16, 24, 32)
 
-ContextFactory = Callable[[CipherAlgorithm, Any], Any]
+_MASK64 = 2**64 - 1
+# CBC encryption of fewer units than this fraction of a unit's blocks is done one OpenSSL CBC
+# context per unit: the batched form costs one ECB call per block column of the unit.
+_CBC_COLUMNS_MIN = 4
 
 
-def _public_encryptor(algorithm: CipherAlgorithm, mode: Any) -> Any:
-    return Cipher(algorithm, mode).encryptor()
+class _SubKey:
+    """One subkey's ECB ciphers (``Cipher`` objects are reusable; contexts are per request)."""
 
+    __slots__ = ("alg", "data", "essiv", "tweak")
 
-def _public_decryptor(algorithm: CipherAlgorithm, mode: Any) -> Any:
-    return Cipher(algorithm, mode).decryptor()
-
-
-def _context_factories() -> tuple[ContextFactory, ContextFactory]:
-    """The cheapest way ``cryptography`` offers to make a cipher context.
-
-    ``Cipher(...).encryptor()`` validates its arguments with Python-level ABC checks that cost
-    more than the AES work on a 512-byte unit; the constructor it ends in
-    (``create_encryption_ctx``) is a private binding, so it is used only if it exists and gives
-    the same bytes as the public path on a known case; otherwise the public path is used."""
-    try:
-        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
-
-        enc = rust_openssl.ciphers.create_encryption_ctx
-        dec = rust_openssl.ciphers.create_decryption_ctx
-        alg = algorithms.AES(bytes(range(64)))
-        tweak = bytes(range(16))
-        sample = bytes(range(256)) * 2
-        ref = _public_encryptor(alg, modes.XTS(tweak)).update(sample)
-        if enc(alg, modes.XTS(tweak)).update(sample) != ref:
-            raise ValueError("private cipher constructor disagrees")
-        if dec(alg, modes.XTS(tweak)).update(ref) != sample:
-            raise ValueError("private cipher constructor disagrees")
-    except Exception:  # any change in cryptography's internals: stay on the public API
-        return _public_encryptor, _public_decryptor
-    return enc, dec
-
-
-_ENCRYPTOR, _DECRYPTOR = _context_factories()
-
-ModeFactory = Callable[
-    [bytes], modes.ModeWithInitializationVector | modes.ModeWithTweak | modes.ModeWithNonce
-]
+    def __init__(self, alg: algorithms.AES, tweak: bytes | None, essiv: bytes | None) -> None:
+        self.alg = alg  # the data key (XTS: K1)
+        self.data = Cipher(alg, modes.ECB())
+        self.tweak = Cipher(algorithms.AES(tweak), modes.ECB()) if tweak else None
+        self.essiv = Cipher(algorithms.AES(essiv), modes.ECB()) if essiv else None
 
 
 class SectorCipher:
@@ -131,8 +112,7 @@ class SectorCipher:
         self.iv_size = iv_size
         self.ivmode = ivmode
         # -- set the key: subkeys of equal size, each valid for the cipher.
-        self._algs: list[CipherAlgorithm] = []
-        self._essiv: list[Cipher[modes.ECB]] = []
+        self._keys: list[_SubKey] = []
         self.set_key(key)
         # -- the IV generator
         shift = 0
@@ -141,15 +121,12 @@ class SectorCipher:
                 shift = benbi_shift(16)
             except ValueError as exc:
                 raise TableError("Error creating IV") from exc
-        self._iv = generator(ivmode, iv_size, shift) if ivmode is not None else None
-        factories: dict[str, ModeFactory] = {"xts": modes.XTS, "cbc": modes.CBC, "ctr": modes.CTR}
-        self._mode = factories.get(spec.chainmode)
+        self._benbi_shift = shift
 
     # -- keys ----------------------------------------------------------------------------
     def set_key(self, key: bytes) -> None:
         """(Re)key every subkey; on failure nothing changes (``TableError``)."""
-        algs: list[CipherAlgorithm] = []
-        essiv: list[Cipher[modes.ECB]] = []
+        keys: list[_SubKey] = []
         if self.null:
             if key:  # ecb(cipher_null) takes no key: only "-"
                 raise TableError("Error decoding and setting key")
@@ -160,6 +137,7 @@ class SectorCipher:
                 raise TableError("Error decoding and setting key")
             for i in range(self.keycount):
                 sub = key[i * subsize : (i + 1) * subsize]
+                tweak = None
                 if xts:
                     if subsize not in (32, 64):
                         # the kernel also takes 48 bytes (AES-192-XTS); OpenSSL has no such mode
@@ -169,21 +147,20 @@ class SectorCipher:
                             "Error decoding and setting key: OpenSSL refuses XTS keys "
                             "with equal halves"
                         )
+                    sub, tweak = sub[: subsize // 2], sub[subsize // 2 :]
                 elif subsize not in _AES_KEYS:
                     raise TableError("Error decoding and setting key")
-                algs.append(algorithms.AES(sub))
+                salt = None
                 if self.spec.ivmode == "essiv" and self.spec.ivopts is not None:
                     salt = hashlib.new(_HASHES[self.spec.ivopts], sub).digest()
                     if len(salt) not in _AES_KEYS:
                         raise TableError("Error decoding and setting key")
-                    essiv.append(Cipher(algorithms.AES(salt), modes.ECB()))
-        self._algs = algs
-        self._essiv = essiv
+                keys.append(_SubKey(algorithms.AES(sub), tweak, salt))
+        self._keys = keys
 
     def wipe(self) -> None:
         """Forget the key material (``key wipe``)."""
-        self._algs = []
-        self._essiv = []
+        self._keys = []
 
     # -- data ------------------------------------------------------------------------------
     def encrypt(self, buf: memoryview, sector: int) -> None:
@@ -196,57 +173,53 @@ class SectorCipher:
     def _convert(self, buf: memoryview, sector: int, *, encrypt: bool) -> None:
         if self.null:
             return
-        algs = self._algs
-        if not algs:  # wiped: resume is refused, so I/O cannot get here; fail it if it does
+        keys = self._keys
+        if not keys:  # wiped: resume is refused, so I/O cannot get here; fail it if it does
             raise IOFailure("crypt: key is not set")
         size = self.sector_size
         units = len(buf) // size
-        mode = self._mode
-        if mode is None:  # ecb: no IV, units differ only by the key index
-            if self.keycount == 1:
-                ecb = Cipher(algs[0], modes.ECB())
-                ctx = ecb.encryptor() if encrypt else ecb.decryptor()
-                buf[:] = ctx.update(buf)
-                return
-            for i in range(units):
-                cipher = Cipher(algs[(sector + i * self.step) & (self.keycount - 1)], modes.ECB())
-                ctx = cipher.encryptor() if encrypt else cipher.decryptor()
-                part = buf[i * size : (i + 1) * size]
-                part[:] = ctx.update(part)
+        if units == 0:
             return
-        ivs = self._ivs(sector, units)
-        make = _ENCRYPTOR if encrypt else _DECRYPTOR
-        if self.keycount == 1:
-            alg = algs[0]
-            out = [
-                make(alg, mode(iv)).update(buf[i * size : (i + 1) * size])
-                for i, iv in enumerate(ivs)
-            ]
-        else:
-            mask = self.keycount - 1
-            step = self.step
-            out = [
-                make(algs[(sector + i * step) & mask], mode(iv)).update(
-                    buf[i * size : (i + 1) * size]
-                )
-                for i, iv in enumerate(ivs)
-            ]
-        buf[:] = b"".join(out)
+        data: Bytes = np.frombuffer(buf, dtype=np.uint8).reshape(units, size)
+        # the 512-byte sector of each unit, modulo 2^64 like the kernel's sector_t
+        sectors = np.arange(units, dtype=np.uint64)
+        sectors *= np.uint64(self.step)
+        sectors += np.uint64(sector & _MASK64)
+        ivs = None
+        if self.ivmode is not None:
+            ivs = iv_array(self.ivmode, sectors >> np.uint64(self.iv_shift), self._benbi_shift)
+        if len(keys) == 1:
+            self._run(keys[0], data, ivs, encrypt)
+            return
+        # several subkeys: unit u uses subkey (sector & (keycount - 1)); batch per subkey
+        index = sectors & np.uint64(self.keycount - 1)
+        for k, subkey in enumerate(keys):
+            rows = np.flatnonzero(index == k)
+            if rows.size:
+                part = data[rows]  # a contiguous copy
+                self._run(subkey, part, None if ivs is None else ivs[rows], encrypt)
+                data[rows] = part
 
-    def _ivs(self, sector: int, units: int) -> list[bytes]:
-        gen = self._iv
-        assert gen is not None
-        shift = self.iv_shift
-        step = self.step
-        ivs = [gen((sector + i * step) >> shift) for i in range(units)]
-        if self._essiv:
-            # ESSIV: encrypt the plain64 blocks with the salt key; one ECB call per subkey.
-            if len(self._essiv) == 1:
-                raw = self._essiv[0].encryptor().update(b"".join(ivs))
-                return [raw[i * 16 : i * 16 + 16] for i in range(units)]
-            mask = self.keycount - 1
-            return [
-                self._essiv[(sector + i * step) & mask].encryptor().update(iv)
-                for i, iv in enumerate(ivs)
-            ]
-        return ivs
+    def _run(self, key: _SubKey, data: Bytes, ivs: Bytes | None, encrypt: bool) -> None:
+        """Convert ``data`` (``(units, sector_size)``) in place with one subkey."""
+        chain = self.spec.chainmode
+        if ivs is None:  # ecb
+            ctx = key.data.encryptor() if encrypt else key.data.decryptor()
+            data[...] = batched.ecb(ctx, data).reshape(data.shape)
+            return
+        if key.essiv is not None:  # ESSIV: the plain64 blocks encrypted with the salt key
+            ivs = batched.ecb(key.essiv.encryptor(), ivs).reshape(ivs.shape)
+        if chain == "xts":
+            assert key.tweak is not None
+            ctx = key.data.encryptor() if encrypt else key.data.decryptor()
+            batched.xts(data, ivs, key.tweak.encryptor(), ctx)
+        elif chain == "ctr":
+            batched.ctr(data, ivs, key.data.encryptor())
+        elif not encrypt:
+            batched.cbc_decrypt(data, ivs, key.data.decryptor())
+        elif len(data) * _CBC_COLUMNS_MIN >= self.sector_size // batched.BLOCK:
+            batched.cbc_encrypt(data, ivs, key.data.encryptor())
+        else:  # a few units: one CBC context each is cheaper than a call per block column
+            for row, iv in zip(data, ivs, strict=True):
+                ctx = Cipher(key.alg, modes.CBC(iv.tobytes())).encryptor()
+                row[...] = np.frombuffer(ctx.update(row), dtype=np.uint8)

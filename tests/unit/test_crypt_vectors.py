@@ -133,12 +133,13 @@ async def test_ciphertext_matches_kernel(tmp_path: Path) -> None:
     compare(kernel, await dmfuse_image(tmp_path))
 
 
-async def test_public_cipher_api_fallback_matches_kernel(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("columns_min", [0, 10**9])
+async def test_both_cbc_encryption_paths_match_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, columns_min: int
 ) -> None:
-    """Without cryptography's private context constructor the bytes are the same."""
-    monkeypatch.setattr(sectors, "_ENCRYPTOR", sectors._public_encryptor)
-    monkeypatch.setattr(sectors, "_DECRYPTOR", sectors._public_decryptor)
+    """CBC encryption batched by block column (0: always) and one CBC context per unit
+    (10**9: always) both give the kernel's bytes; normally the request size chooses."""
+    monkeypatch.setattr(sectors, "_CBC_COLUMNS_MIN", columns_min)
     kernel = lzma.decompress(IMAGE_XZ.read_bytes())
     compare(kernel, await dmfuse_image(tmp_path))
 
