@@ -16,11 +16,13 @@ discard that must leave zeros, ZERO_RANGE is write-zeroes; both need the pyfuse3
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pyfuse3
 
@@ -48,6 +50,23 @@ def _fuse_error(exc: BaseException) -> pyfuse3.FUSEError:
         return pyfuse3.FUSEError(exc.errno)
     log.error("unexpected error in a FUSE handler", exc_info=exc)
     return pyfuse3.FUSEError(errno.EIO)
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _guarded(handler: _Handler) -> _Handler:
+    """Answer any exception with its errno (EIO if it has none) instead of letting it escape:
+    an exception other than FUSEError would end pyfuse3's main loop and the mount with it."""
+
+    @functools.wraps(handler)
+    async def run(*args: Any) -> Any:
+        try:
+            return await handler(*args)
+        except Exception as exc:
+            raise _fuse_error(exc) from None
+
+    return run  # type: ignore[return-value]
 
 
 class DeviceFiles(pyfuse3.Operations):
@@ -124,9 +143,11 @@ class DeviceFiles(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return device
 
+    @_guarded
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self._attr(inode)
 
+    @_guarded
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
         if parent_inode != pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -137,6 +158,7 @@ class DeviceFiles(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attr(self._inode_of[id(device)])
 
+    @_guarded
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
         if fields.update_size:
             raise pyfuse3.FUSEError(errno.EPERM)  # a device's size is its table's
@@ -144,6 +166,7 @@ class DeviceFiles(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         return self._attr(inode)  # times: accepted and ignored, like a block device node
 
+    @_guarded
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         # The loop driver enables discard on a backing file only if statfs works on it.
         data = pyfuse3.StatvfsData()
@@ -157,11 +180,13 @@ class DeviceFiles(pyfuse3.Operations):
         return data
 
     # -- directory ---------------------------------------------------------------------------
+    @_guarded
     async def opendir(self, inode: int, ctx: Any) -> int:
         if inode != pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
+    @_guarded
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         entries = sorted((self._inode_of[id(d)], d.name) for d in self.manager.devices.values())
         for inode, name in entries:
@@ -170,10 +195,12 @@ class DeviceFiles(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name.encode(), self._attr(inode), inode):
                 break
 
+    @_guarded
     async def releasedir(self, fh: int) -> None:
         return None
 
     # -- files -------------------------------------------------------------------------------
+    @_guarded
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         device = self._device(inode)
         if flags & _WRITE_FLAGS and device.readonly:
@@ -186,6 +213,7 @@ class DeviceFiles(pyfuse3.Operations):
         device.open_count += 1
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
+    @_guarded
     async def release(self, fh: int) -> None:
         self._sync_handles.discard(fh)
         device = self._handles.pop(fh, None)
