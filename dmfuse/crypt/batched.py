@@ -21,6 +21,8 @@ place; ``ivs`` is ``(units, 16)`` uint8.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import CipherContext
 from numpy.typing import NDArray
@@ -35,49 +37,99 @@ Bytes = NDArray[np.uint8]
 Words = NDArray[np.uint64]
 
 
-def ecb(ctx: CipherContext, data: Bytes | Words) -> Bytes:
-    """One ECB ``update`` over the bytes of contiguous ``data`` (a multiple of 16 bytes)."""
-    # update_into wants room for a block minus one more than the input; np.empty: no zeroing
-    out = np.empty(data.nbytes + BLOCK, dtype=np.uint8)
+class _Scratch(threading.local):
+    """Per-thread buffers reused across requests.
+
+    A fresh megabyte array from malloc is a fresh mmap whose first touch page-faults, and
+    those faults cost more than the arithmetic (measured: 0.65 ms vs 0.37 ms per MiB of
+    XTS tweaks); reusing the memory keeps it mapped.  Per thread: trio runs large requests
+    in worker threads, and one buffer must never serve two requests at once."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Bytes] = {}
+
+    def get(self, name: str, nbytes: int) -> Bytes:
+        buf = self.buffers.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            buf = np.empty(nbytes, dtype=np.uint8)
+            self.buffers[name] = buf
+        return buf[:nbytes]
+
+
+_SCRATCH = _Scratch()
+
+
+def _words(name: str, *shape: int) -> Words:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return _SCRATCH.get(name, 8 * count).view(U64).reshape(shape)
+
+
+def ecb(ctx: CipherContext, data: Bytes | Words, slot: str | None = None) -> Bytes:
+    """One ECB ``update`` over the bytes of contiguous ``data`` (a multiple of 16 bytes).
+
+    With ``slot`` the result lives in that per-thread scratch buffer (valid until the next
+    use of the slot); without, in a new array."""
+    # update_into wants room for a block minus one more than the input
+    size = data.nbytes + BLOCK
+    out = _SCRATCH.get(slot, size) if slot else np.empty(size, dtype=np.uint8)
     flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)  # no copy if contiguous
     done = ctx.update_into(flat.data, out.data)
     return out[:done]
 
 
-def _times_alpha_pow(lo: Words, hi: Words, k: int, out_lo: Words, out_hi: Words) -> None:
-    """``(out_lo, out_hi) = (lo, hi) * alpha^k`` for ``0 < k <= 56``; out may alias in."""
-    carry = hi >> np.uint64(64 - k)  # the k bits pushed past x^127 (read before any write)
+def _times_alpha_pow(
+    lo: Words, hi: Words, k: int, out_lo: Words, out_hi: Words, tmp: tuple[Words, Words]
+) -> None:
+    """``(out_lo, out_hi) = (lo, hi) * alpha^k`` for ``0 < k <= 56``; out may alias in.
+
+    ``tmp``: two arrays of the same shape for the intermediate values (no allocation)."""
+    carry, spill = tmp
+    np.right_shift(hi, np.uint64(64 - k), out=carry)  # the k bits pushed past x^127
+    np.right_shift(lo, np.uint64(64 - k), out=spill)  # both read before anything is written
     np.left_shift(hi, np.uint64(k), out=out_hi)
-    out_hi |= lo >> np.uint64(64 - k)
+    out_hi |= spill
     np.left_shift(lo, np.uint64(k), out=out_lo)
-    # x^128 = x^7 + x^2 + x + 1: carry-less multiply of the carry bits by 0x87
-    red = carry ^ (carry << np.uint64(1))
-    red ^= carry << np.uint64(2)
-    red ^= carry << np.uint64(7)
-    out_lo ^= red
+    # x^128 = x^7 + x^2 + x + 1: xor in the carry bits times 0x87, carry-less
+    out_lo ^= carry
+    for shift in (1, 2, 7):
+        np.left_shift(carry, np.uint64(shift), out=spill)
+        out_lo ^= spill
 
 
 def xts_tweaks(t0: Words, blocks: int) -> Words:
     """``(units, blocks, 2)`` little-endian word pairs ``T0 * alpha^j`` for ``j < blocks``.
 
-    Doubling: columns ``[k, 2k)`` are columns ``[0, k)`` times ``alpha^k``, so a unit of
-    ``blocks`` blocks takes ``log2(blocks)`` vectorised steps."""
+    Doubling: blocks ``[k, 2k)`` are blocks ``[0, k)`` times ``alpha^k``, so a unit of
+    ``blocks`` blocks takes ``log2(blocks)`` vectorised steps.  The work is done on
+    block-major planes (``[j, unit]``, one for each 64-bit half) so that every step is one
+    long contiguous numpy operation, then turned into unit-major order with one transpose of
+    16-byte items.  The result is a per-thread scratch buffer."""
     units = t0.shape[0]
-    tweaks: Words = np.empty((units, blocks, 2), dtype=U64)
-    tweaks[:, 0] = t0
+    lo, hi = _words("lo", blocks, units), _words("hi", blocks, units)
+    lo[0], hi[0] = t0[:, 0], t0[:, 1]
+    half = max(blocks // 2, 1) * units
+    tmp = (_words("carry", half), _words("spill", half))
     k = 1
     while k < blocks:
-        width = min(k, blocks - k)
-        src_lo, src_hi = tweaks[:, :width, 0], tweaks[:, :width, 1]
-        dst_lo, dst_hi = tweaks[:, k : k + width, 0], tweaks[:, k : k + width, 1]
-        step = min(k, _MAX_STEP)
-        _times_alpha_pow(src_lo, src_hi, step, dst_lo, dst_hi)
-        rest = k - step
-        while rest:
-            step = min(rest, _MAX_STEP)
-            _times_alpha_pow(dst_lo, dst_hi, step, dst_lo, dst_hi)
-            rest -= step
+        src_lo, src_hi, dst_lo, dst_hi = lo[:k], hi[:k], lo[k : 2 * k], hi[k : 2 * k]
+        scratch = (tmp[0][: k * units].reshape(k, units), tmp[1][: k * units].reshape(k, units))
+        done = 0
+        while done < k:  # alpha^k in steps of at most _MAX_STEP bits
+            step = min(k - done, _MAX_STEP)
+            _times_alpha_pow(src_lo, src_hi, step, dst_lo, dst_hi, scratch)
+            src_lo, src_hi = dst_lo, dst_hi
+            done += step
         k *= 2
+    pairs = _words("pairs", blocks, units, 2)
+    pairs[..., 0], pairs[..., 1] = lo, hi
+    tweaks = _words("tweaks", units, blocks, 2)
+    # the transpose, as one 16-byte (complex128-sized) item per tweak
+    np.copyto(
+        tweaks.view(np.complex128).reshape(units, blocks),
+        pairs.view(np.complex128).reshape(blocks, units).T,
+    )
     return tweaks
 
 
@@ -88,13 +140,13 @@ def xts(data: Bytes, ivs: Bytes, tweak_enc: CipherContext, data_ctx: CipherConte
     tweaks = xts_tweaks(t0, size // BLOCK).reshape(units, size // 8)
     words = data.view(U64)
     words ^= tweaks
-    mixed = ecb(data_ctx, data).view(U64).reshape(units, size // 8)
+    mixed = ecb(data_ctx, data, "ecb").view(U64).reshape(units, size // 8)
     np.bitwise_xor(mixed, tweaks, out=words)
 
 
 def cbc_decrypt(data: Bytes, ivs: Bytes, dec: CipherContext) -> None:
     units, size = data.shape
-    plain = ecb(dec, data).reshape(units, size)
+    plain = ecb(dec, data, "ecb").reshape(units, size)
     plain[:, BLOCK:] ^= data[:, :-BLOCK]
     plain[:, :BLOCK] ^= ivs
     data[...] = plain
@@ -121,4 +173,4 @@ def ctr(data: Bytes, ivs: Bytes, enc: CipherContext) -> None:
     counters[:, :, 1] = low
     counters[:, :, 0] = start[:, 0:1] + (low < start[:, 1:2])  # the carry into the high word
     words = data.view(U64)
-    words ^= ecb(enc, counters).view(U64).reshape(units, size // 8)
+    words ^= ecb(enc, counters, "ecb").view(U64).reshape(units, size // 8)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from dmfuse.crypt import sectors
 from dmfuse.crypt.cipherspec import CipherSpec, key_size, mask_key, parse_cipher
 from dmfuse.crypt.ivgen import benbi_shift, generator, iv_array
 from dmfuse.crypt.sectors import SectorCipher
@@ -490,6 +491,8 @@ def per_unit_reference(
 def test_batched_xts_equals_per_unit_openssl_xts(
     key_bytes: int, unit: int, iv_large: bool, first: int, units: int, seed: int
 ) -> None:
+    """Forced onto the batched path for any number of units (normally a few units go to one
+    OpenSSL XTS context each)."""
     rnd = random.Random(seed)
     key = rnd.randbytes(key_bytes)
     while key[: key_bytes // 2] == key[key_bytes // 2 :]:
@@ -497,6 +500,15 @@ def test_batched_xts_equals_per_unit_openssl_xts(
     plain = rnd.randbytes(units * unit)
     sc = SectorCipher(parse_cipher("aes-xts-plain64"), key, unit, iv_large)
     buf = bytearray(plain)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sectors, "_XTS_BATCH_MIN", 0)
+        sc.encrypt(memoryview(buf), first)
+        assert bytes(buf) == per_unit_reference(
+            "aes-xts-plain64", key, unit, iv_large, first, plain, True
+        )
+        sc.decrypt(memoryview(buf), first)
+        assert bytes(buf) == plain
+    # and the size-chosen path agrees
     sc.encrypt(memoryview(buf), first)
     assert bytes(buf) == per_unit_reference(
         "aes-xts-plain64", key, unit, iv_large, first, plain, True

@@ -133,13 +133,14 @@ async def test_ciphertext_matches_kernel(tmp_path: Path) -> None:
     compare(kernel, await dmfuse_image(tmp_path))
 
 
-@pytest.mark.parametrize("columns_min", [0, 10**9])
-async def test_both_cbc_encryption_paths_match_kernel(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, columns_min: int
+@pytest.mark.parametrize("batch_min", [0, 10**9])
+async def test_batched_and_per_unit_paths_match_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_min: int
 ) -> None:
-    """CBC encryption batched by block column (0: always) and one CBC context per unit
-    (10**9: always) both give the kernel's bytes; normally the request size chooses."""
-    monkeypatch.setattr(sectors, "_CBC_COLUMNS_MIN", columns_min)
+    """XTS and CBC encryption always batched (0) and always one public OpenSSL context per
+    unit (10**9) both give the kernel's bytes; normally the request size chooses."""
+    monkeypatch.setattr(sectors, "_CBC_COLUMNS_MIN", batch_min)
+    monkeypatch.setattr(sectors, "_XTS_BATCH_MIN", batch_min)
     kernel = lzma.decompress(IMAGE_XZ.read_bytes())
     compare(kernel, await dmfuse_image(tmp_path))
 
