@@ -81,10 +81,11 @@ from __future__ import annotations
 import errno
 import logging
 import mmap
-import os
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -95,16 +96,20 @@ from dmfuse.target import DeviceOpener, Limits, Target, check_area, register
 from dmfuse.verity import hashing
 from dmfuse.verity.tree import Geometry, GeometryError
 
+if TYPE_CHECKING:
+    import outcome
+
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = mmap.PAGESIZE
 CACHE_BYTES = 16 << 20  # hash blocks kept (verified or not), like dm-bufio's cache
-THREAD_BYTES = 64 << 10  # reads this big are hashed on worker threads, a slice each
-WORKERS = max(2, os.cpu_count() or 1)  # at most this many slices per read
+THREAD_BYTES = 64 << 10  # reads this big are hashed on this and a worker thread at once
+SLICE_BYTES = 64 << 10  # what each of them takes at a time
 MAX_CORRUPTED_ERRS = 100  # DM_VERITY_MAX_CORRUPTED_ERRS: log lines per table
 OPTS_MAX = 15  # DM_VERITY_OPTS_MAX = 5 + FEC (8) + signature (2)
 INT_MAX = 2**31 - 1
 _HEX = re.compile(r"[0-9a-fA-F]*\Z")
+_E = TypeVar("_E")  # what a block check compares against: packed digests or a list
 
 MODE_EIO, MODE_LOGGING, MODE_RESTART, MODE_PANIC = "eio", "logging", "restart", "panic"
 _MODES = {
@@ -128,6 +133,35 @@ class Corrupted(IOFailure):
     def __init__(self, message: str, source: Verity) -> None:
         super().__init__(message)
         self.source = source
+
+
+class Pace:
+    """Whether big reads hash faster inline or split with a worker thread, here and now.
+
+    Splitting uses the second core, but hashlib takes the GIL back after every block, and
+    when the other thread sleeps meanwhile (an idle vCPU halts) each handoff costs a wakeup
+    that can exceed the 2 us the block's hash takes.  Which wins changes from minute to
+    minute on the shared 2-vCPU VM (in-process, 1 MiB: split 665 vs inline 838 us, then
+    915 vs 828 us; through FUSE on an idle machine inline was 1.5x faster).  So both ways
+    are timed (seconds per block, moving average), the faster is used and the other is tried
+    again every ``RETRY``-th time."""
+
+    RETRY = 16
+
+    def __init__(self) -> None:
+        self.cost: list[float | None] = [None, None]  # [inline, threaded]
+        self.calls = 0
+
+    def threaded(self) -> bool:
+        self.calls += 1
+        inline, split = self.cost
+        if split is None or inline is None:
+            return split is None  # time each way once: threaded first
+        return (split < inline) != (self.calls % self.RETRY == 0)
+
+    def record(self, threaded: bool, per_block: float) -> None:
+        old = self.cost[threaded]
+        self.cost[threaded] = per_block if old is None else 0.75 * old + 0.25 * per_block
 
 
 class _HashBlock:
@@ -170,6 +204,7 @@ class Verity(Target):
             block_size=g.data_block_size, flush_bios=0, discard_bios=0, write_zeroes=False
         )
         self._digest = hashing.salted(ctor, g.version, salt)
+        self._digests = hashing.salted_blocks(ctor, g.version, salt)
         self._block_bits = g.data_block_size.bit_length() - 1
         self._zero_digest = (
             self._digest(bytes(g.data_block_size)) if options.ignore_zero_blocks else None
@@ -179,6 +214,7 @@ class Verity(Target):
         self._validated = bytearray((g.data_blocks + 7) // 8) if options.at_most_once else None
         self._cache: OrderedDict[int, _HashBlock] = OrderedDict()
         self._cache_max = max(16, CACHE_BYTES // g.hash_block_size)
+        self._pace = Pace()
         self.hash_failed = False
         self.corrupted_errs = 0
         self.tripped: str | None = None
@@ -264,28 +300,16 @@ class Verity(Target):
             whole = validated[first >> 3 : (first + count) >> 3]
             if whole.count(0xFF) == len(whole):  # check_at_most_once: all checked before
                 return
+        expect = self._packed(first, count)
+        if expect is not None:  # the steady state of sequential reads
+            bad = await self._hash_split(self._check_packed, buf, expect, count)
+            for i in bad:
+                self._corrupted("data", first + i)  # raises unless ignore_corruption
+            return
         wants = await self._wants(first, count, buf)
         if wants.count(None) == count:
             return
-        parts = min(WORKERS, count * self.geometry.data_block_size // THREAD_BYTES)
-        if parts:
-            # hashlib drops the GIL while hashing: big reads are hashed on worker threads (a
-            # slice each, one hop per slice, not per block) while the FUSE loop goes on
-            found: list[list[int]] = [[] for _ in range(parts)]
-
-            async def part(k: int) -> None:
-                lo, hi = k * count // parts, (k + 1) * count // parts
-                found[k] = await trio.to_thread.run_sync(self._check, buf, wants, lo, hi)
-
-            if parts == 1:
-                await part(0)
-            else:
-                async with trio.open_nursery() as nursery:
-                    for k in range(parts):
-                        nursery.start_soon(part, k)
-            bad = [i for chunk in found for i in chunk]
-        else:
-            bad = self._check(buf, wants, 0, count)
+        bad = await self._hash_split(self._check, buf, wants, count)
         if validated is not None:
             stop = bad[0] if bad and self.options.mode != MODE_LOGGING else count
             for i in range(stop):
@@ -294,6 +318,95 @@ class Verity(Target):
                     validated[block >> 3] |= 1 << (block & 7)
         for i in bad:
             self._corrupted("data", first + i)  # raises unless ignore_corruption
+
+    async def _hash_split(
+        self,
+        check: Callable[[memoryview, _E, int, int], list[int]],
+        buf: memoryview,
+        expect: _E,
+        count: int,
+    ) -> list[int]:
+        """``check(buf, expect, lo, hi)`` over [0, count); the bad indexes in order.
+
+        hashlib drops the GIL while it hashes a block, so a big read is hashed by a worker
+        thread and this (the trio) thread at once: both cores for one request, with one
+        thread hop (two ``trio.to_thread`` calls measured 35% slower than one hop plus this
+        thread).  A hop costs more than hashing a few blocks: small reads stay inline."""
+        if count * self.geometry.data_block_size < THREAD_BYTES:
+            return check(buf, expect, 0, count)
+        threaded = self._pace.threaded()
+        began = time.perf_counter()
+        if not threaded:
+            bad = check(buf, expect, 0, count)
+            self._pace.record(False, (time.perf_counter() - began) / count)
+            return bad
+        # slices of SLICE_BYTES taken in turn by both threads from one iterator (next() on it
+        # is atomic under the GIL): whichever thread starts late or runs slow takes fewer, so
+        # neither waits long for the other at the end
+        step = max(1, SLICE_BYTES // self.geometry.data_block_size)
+        starts = iter(range(0, count, step))
+
+        def work() -> list[int]:
+            return [i for lo in starts for i in check(buf, expect, lo, min(lo + step, count))]
+
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        result: list[outcome.Outcome[list[int]]] = []
+
+        def deliver(out: outcome.Outcome[list[int]]) -> None:  # on the worker thread
+            result.append(out)
+            token.run_sync_soon(done.set)
+
+        trio.lowlevel.start_thread_soon(work, deliver)
+        try:
+            mine = work()
+        finally:
+            with trio.CancelScope(shield=True):  # the worker reads buf: never leave before it
+                await done.wait()
+        self._pace.record(True, (time.perf_counter() - began) / count)
+        return sorted(result[0].unwrap() + mine)
+
+    def _packed(self, first: int, count: int) -> bytes | None:
+        """The expected digests of blocks [first, first + count) back to back, if every
+        level-0 hash block they need is cached and verified and no option skips blocks;
+        else None (the general path, :meth:`_wants`, then does it block by block)."""
+        g = self.geometry
+        if not g.levels or self._validated is not None or self._zero_digest is not None:
+            return None
+        bits, dsz, slot, cache = g.hash_per_block_bits, g.digest_size, g.slot, self._cache
+        base, mask = g.level_block[0], (1 << g.hash_per_block_bits) - 1
+        pieces: list[bytes] = []
+        block, end = first, first + count
+        while block < end:
+            index = base + (block >> bits)
+            hb = cache.get(index)
+            if hb is None or not hb.verified:
+                return None
+            cache.move_to_end(index)
+            stop = min(end, ((block >> bits) + 1) << bits)
+            at, data = (block & mask) * slot, hb.data
+            if slot == dsz:  # digests packed in the hash block (sha256, 4K): one slice
+                pieces.append(data[at : at + (stop - block) * dsz])
+            else:
+                pieces.extend(
+                    data[a : a + dsz] for a in range(at, at + (stop - block) * slot, slot)
+                )
+            block = stop
+        return b"".join(pieces)
+
+    def _check_packed(self, buf: memoryview, expect: bytes, lo: int, hi: int) -> list[int]:
+        """Indexes in [lo, hi) of the blocks whose digest differs from their ``expect`` slice
+        (pure: runs on threads).  The digests are joined and compared at once; only a
+        mismatch looks at them one by one."""
+        bs, dsz = self.geometry.data_block_size, self.geometry.digest_size
+        got = self._digests(buf, bs, lo, hi)
+        if got == expect[lo * dsz : hi * dsz]:
+            return []
+        return [
+            i
+            for i in range(lo, hi)
+            if got[(i - lo) * dsz : (i - lo + 1) * dsz] != expect[i * dsz : (i + 1) * dsz]
+        ]
 
     async def _wants(self, first: int, count: int, buf: memoryview) -> list[bytes | None]:
         """The expected digest of each block; None where nothing is to be checked."""

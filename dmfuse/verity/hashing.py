@@ -29,10 +29,14 @@ class Hasher(Protocol):
 
     def digest(self) -> bytes: ...
 
+    def copy(self) -> Hasher: ...
+
 
 # A hashlib constructor: called with the first bytes to hash, returns an updatable object.
 HashCtor = Callable[[Bytes], Hasher]
 Digest = Callable[[Bytes], bytes]
+# (buf, block_size, lo, hi): the digests of blocks [lo, hi) of buf, back to back
+BlockDigests = Callable[[memoryview, int, int, int], bytes]
 
 _DIRECT = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
 _OPENSSL = {"sm3": "sm3", "rmd160": "ripemd160"}
@@ -77,9 +81,10 @@ def salted(ctor: HashCtor, version: int, salt: bytes) -> Digest:
 
         return plain
     if version >= 1:
+        start = ctor(salt)
 
         def prefixed(block: Bytes) -> bytes:
-            h = ctor(salt)  # a fresh object: copy() of an OpenSSL context costs ~20 us
+            h = start.copy()  # 0.14 us, faster than hashing the salt again (0.18 us)
             h.update(block)
             return h.digest()
 
@@ -89,5 +94,38 @@ def salted(ctor: HashCtor, version: int, salt: bytes) -> Digest:
         h = ctor(block)
         h.update(salt)
         return h.digest()
+
+    return suffixed
+
+
+def salted_blocks(ctor: HashCtor, version: int, salt: bytes) -> BlockDigests:
+    """:func:`salted` over a run of blocks in one call: the loop is inlined (a Python call
+    per 4K block is ~10% of the hashing time), which is what big reads run on threads."""
+    if not salt:
+
+        def plain(buf: memoryview, bs: int, lo: int, hi: int) -> bytes:
+            return b"".join([ctor(buf[i * bs : (i + 1) * bs]).digest() for i in range(lo, hi)])
+
+        return plain
+    if version >= 1:
+        start = ctor(salt)
+
+        def prefixed(buf: memoryview, bs: int, lo: int, hi: int) -> bytes:
+            out = []
+            for i in range(lo, hi):
+                h = start.copy()
+                h.update(buf[i * bs : (i + 1) * bs])
+                out.append(h.digest())
+            return b"".join(out)
+
+        return prefixed
+
+    def suffixed(buf: memoryview, bs: int, lo: int, hi: int) -> bytes:
+        out = []
+        for i in range(lo, hi):
+            h = ctor(buf[i * bs : (i + 1) * bs])
+            h.update(salt)
+            out.append(h.digest())
+        return b"".join(out)
 
     return suffixed
