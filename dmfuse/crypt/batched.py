@@ -98,32 +98,53 @@ def _times_alpha_pow(
         out_lo ^= spill
 
 
+# Tweaks within this many blocks of an anchor are made in one broadcast step (shift <= 56).
+_SPAN = 32
+_OFFSETS = np.arange(_SPAN, dtype=np.uint64).reshape(_SPAN, 1)
+_BACK = np.uint64(64) - _OFFSETS  # numpy's shift by 64 gives 0, as wanted for offset 0
+
+
 def xts_tweaks(t0: Words, blocks: int) -> Words:
     """``(units, blocks, 2)`` little-endian word pairs ``T0 * alpha^j`` for ``j < blocks``.
 
-    Doubling: blocks ``[k, 2k)`` are blocks ``[0, k)`` times ``alpha^k``, so a unit of
-    ``blocks`` blocks takes ``log2(blocks)`` vectorised steps.  The work is done on
-    block-major planes (``[j, unit]``, one for each 64-bit half) so that every step is one
-    long contiguous numpy operation, then turned into unit-major order with one transpose of
-    16-byte items.  The result is a per-thread scratch buffer."""
+    Block ``j = span * a + b`` is anchor ``a`` (``T0 * alpha^(span * a)``) times ``alpha^b``:
+    the anchors by doubling (anchors ``[k, 2k)`` are anchors ``[0, k)`` times
+    ``alpha^(span * k)``), then all offsets ``b`` in one broadcast multiplication.  The work
+    is done on block-major planes (``[j, unit]``, one for each 64-bit half) so that every
+    step is one long contiguous numpy operation, then turned into unit-major order with one
+    transpose of 16-byte items.  The result is a per-thread scratch buffer."""
     units = t0.shape[0]
-    lo, hi = _words("lo", blocks, units), _words("hi", blocks, units)
-    lo[0], hi[0] = t0[:, 0], t0[:, 1]
-    half = max(blocks // 2, 1) * units
-    tmp = (_words("carry", half), _words("spill", half))
+    span = min(blocks, _SPAN)
+    count = blocks // span
+    a_lo, a_hi = _words("anchor_lo", count, units), _words("anchor_hi", count, units)
+    a_lo[0], a_hi[0] = t0[:, 0], t0[:, 1]
     k = 1
-    while k < blocks:
-        src_lo, src_hi, dst_lo, dst_hi = lo[:k], hi[:k], lo[k : 2 * k], hi[k : 2 * k]
-        scratch = (tmp[0][: k * units].reshape(k, units), tmp[1][: k * units].reshape(k, units))
+    while k < count:
+        carry, spill = _words("carry", k, units), _words("spill", k, units)
+        src_lo, src_hi, dst_lo, dst_hi = a_lo[:k], a_hi[:k], a_lo[k : 2 * k], a_hi[k : 2 * k]
         done = 0
-        while done < k:  # alpha^k in steps of at most _MAX_STEP bits
-            step = min(k - done, _MAX_STEP)
-            _times_alpha_pow(src_lo, src_hi, step, dst_lo, dst_hi, scratch)
+        while done < span * k:  # alpha^(span * k) in steps of at most _MAX_STEP bits
+            step = min(span * k - done, _MAX_STEP)
+            _times_alpha_pow(src_lo, src_hi, step, dst_lo, dst_hi, (carry, spill))
             src_lo, src_hi = dst_lo, dst_hi
             done += step
         k *= 2
+    # every offset at once: the shift counts broadcast along axis 1
+    lo, hi = _words("lo", count, span, units), _words("hi", count, span, units)
+    carry, spill = _words("carry", count, span, units), _words("spill", count, span, units)
+    alo, ahi = a_lo[:, None, :], a_hi[:, None, :]
+    offsets, back = _OFFSETS[:span], _BACK[:span]
+    np.right_shift(ahi, back, out=carry)
+    np.right_shift(alo, back, out=spill)
+    np.left_shift(ahi, offsets, out=hi)
+    hi |= spill
+    np.left_shift(alo, offsets, out=lo)
+    lo ^= carry
+    for shift in (1, 2, 7):
+        np.left_shift(carry, np.uint64(shift), out=spill)
+        lo ^= spill
     pairs = _words("pairs", blocks, units, 2)
-    pairs[..., 0], pairs[..., 1] = lo, hi
+    pairs[..., 0], pairs[..., 1] = lo.reshape(blocks, units), hi.reshape(blocks, units)
     tweaks = _words("tweaks", units, blocks, 2)
     # the transpose, as one 16-byte (complex128-sized) item per tweak
     np.copyto(
