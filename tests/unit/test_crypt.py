@@ -23,6 +23,7 @@ from dmfuse.crypt.ivgen import benbi_shift, generator, iv_array
 from dmfuse.crypt.sectors import SectorCipher
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError, TableError
+from dmfuse.targets.crypt import Crypt
 from tests.conftest import pattern
 
 K32 = bytes(range(32)).hex()
@@ -332,14 +333,16 @@ async def test_large_requests_use_worker_threads_and_agree(make_file: Callable[.
     m = Manager()
     await m.create("c", f"0 8192 crypt aes-xts-plain64 {K64} 0 {disk} 0")
     dev = m.get("c")
-    big = os.urandom(MiB)
-    await dev.write(0, memoryview(big))  # threaded (>= THREAD_MIN)
+    big = os.urandom(2 * MiB)
+    assert len(big) >= Crypt.THREAD_MIN
+    await dev.write(0, memoryview(big))  # threaded
     small = bytearray()
-    for off in range(0, MiB, 4096):  # inline
+    for off in range(0, len(big), 4096):  # inline
         small += await dev.read(off, 4096)
     assert bytes(small) == big
+    assert bytes(await dev.read(0, len(big))) == big  # threaded
     with open(disk, "rb") as fh:
-        assert xts_decrypt(fh.read(MiB), bytes(range(64)), 0) == big
+        assert xts_decrypt(fh.read(len(big)), bytes(range(64)), 0) == big
 
 
 async def test_big_encryption_does_not_hold_up_small_io(make_file: Callable[..., str]) -> None:
