@@ -9,6 +9,14 @@
 # every device with psync QD1 and libaio QD16 (O_DIRECT, time-based); devices alternate so
 # that outside load hits them alike.  Prints MB/s per job and the verity/linear ratios.
 # Everything lives in bench/work/verity/ (gitignored); the mount is removed on exit.
+#
+# Last run (2026-11-29, defaults, 2 shared vCPUs, load 2-4 from other jobs):
+#   lin   psync QD1 3220-3782 MB/s   libaio QD16 3183-3539 MB/s
+#   ver   psync QD1  950-964  MB/s   libaio QD16  929-990  MB/s   -> 0.27x / 0.29x
+#   once  psync QD1 3238-3726 MB/s   libaio QD16 2934-3160 MB/s   -> 0.99x / 0.91x
+# (verity before the packed compare / Pace change, same conditions: 744-782 and 653-666 MB/s.)
+# verity is bound by sha256 on one core (~0.73 ms per MiB in 4K blocks); see the man page in
+# dmfuse/targets/verity.py for why 0.7x of linear is out of reach here.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"

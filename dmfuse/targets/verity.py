@@ -67,13 +67,25 @@ guards against data changing under DMA); no uevent on corruption; a message gets
 engine's generic refusal (the kernel: "Target type does not support messages").
 
 Speed (``bench/verity.sh``: fio 1M sequential reads, O_DIRECT, through one mount, 256 MiB of
-data, 4K blocks, sha256, warm page cache; 2 shared CPUs, load average 5-8 from other jobs):
-  linear 1300-1800 MB/s; verity 280-390 MB/s at psync QD1 (0.21x) and 460-510 MB/s at libaio
-  QD16 (0.37x); with ``check_at_most_once``, once every block was checked, 1900-2500 MB/s
-  (at least linear: nothing is hashed).  The issue's goal of 0.7x is NOT met: hashing alone
-  costs ~0.8 ms per MiB here (OpenSSL sha256 with SHA-NI, 1.3 GB/s, measured in-process)
-  while a whole linear 1M request takes 0.4-0.6 ms; big reads are hashed in slices on worker
-  threads (hashlib releases the GIL), which only pays with an idle second core.
+data, 4K blocks, sha256, warm page cache; 2 shared vCPUs, load average 2-4 from other jobs;
+two rounds of 8 s, same conditions for both rows):
+  linear 3200-3800 MB/s at QD1, 2900-3700 MB/s at QD16;
+  verity 950-965 MB/s at psync QD1 (0.27x), 930-990 MB/s at libaio QD16 (0.29x);
+  the previous code (two ``trio.to_thread`` slices per big read): 745-780 and 655-665 MB/s;
+  with ``check_at_most_once``, once every block was checked, 0.9-1.0x of linear.
+  In-process (engine, no FUSE, 32 MiB, 1M reads): linear 120 us/MiB, verity 890 us/MiB
+  (previous code 1170 us/MiB).
+The issue's goal of 0.7x is NOT met and cannot be with one core's hashing: sha256 of 1 MiB in
+4K blocks costs 725 us here (OpenSSL with SHA-NI; 578 us as one buffer: the rest is the
+per-block call), more than twice a whole linear request (~0.3 ms).  What is done: a
+request's expected digests are sliced out of the cached level-0 hash blocks at once and
+compared as one string; blocks are hashed in a loop without a Python call per block; the
+salted state is copied, not rebuilt.  Two cores: hashlib drops the GIL while it hashes, so
+big reads (>= 64 KiB) can be hashed by the trio thread and one worker thread together
+(:class:`Pace`), but it takes the GIL back after each 4K block and on this VM a handoff to a
+sleeping thread often costs more than the block (split 1.5x faster when the vCPUs were busy,
+1.4x slower when idle); the target times both ways and uses the faster.  The data is read
+with one ``preadv`` per request; hash blocks are read one by one, but only on a cache miss.
 """
 
 from __future__ import annotations
