@@ -11,6 +11,13 @@
 #   qsd     qemu-storage-daemon's LUKS driver on the container, FUSE export
 # psync QD1 and libaio QD16 reads then writes; prints MiB/s and the load average per job.
 # Everything lives in bench/work/crypt/ (gitignored); mount and daemon are removed on exit.
+#
+# Last run (batched public-API cipher, 2 shared CPUs, load 3.1-3.8), MiB/s:
+#   device      read QD1  read QD16  write QD1  write QD16
+#   linl          3634      3836       3257       2666
+#   cryl           985       968        866        805   (was 145 130 118 97: per-unit contexts)
+#   cry4k          868       861        747        731   (was 479 603 383 427)
+#   qsd            330       334        372        380
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"
