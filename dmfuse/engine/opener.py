@@ -36,14 +36,18 @@ class BackendPool:
         try:
             st = os.stat(path)
         except OSError as exc:
-            raise TableError(f"Device lookup failed: {display}: {exc.strerror}") from None
+            raise TableError(
+                f"Device lookup failed: {display}: {exc.strerror}", exc.errno
+            ) from None
         key = (st.st_dev, st.st_ino, writable)
         backend = self._files.get(key)
         if backend is None:
             try:
                 backend = FileBackend(path, display, writable=writable)
             except OSError as exc:
-                raise TableError(f"Device lookup failed: {display}: {exc.strerror}") from None
+                raise TableError(
+                    f"Device lookup failed: {display}: {exc.strerror}", exc.errno
+                ) from None
             backend.key = key  # type: ignore[attr-defined]
             self._files[key] = backend
         backend.refs += 1

@@ -102,7 +102,7 @@ class LogWrites(Target):
         try:
             log_dev = opener.open(args[1])
         except TableError as exc:
-            raise TableError(f"Log {exc.message[0].lower()}{exc.message[1:]}") from None
+            raise TableError(f"Log {exc.message[0].lower()}{exc.message[1:]}", exc.errno) from None
         return cls(length, dev, log_dev)
 
     # -- I/O ---------------------------------------------------------------------------------
