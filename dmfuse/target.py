@@ -18,7 +18,7 @@ from typing import ClassVar, Protocol
 
 import attrs
 
-from dmfuse.backends.base import Backend
+from dmfuse.backends.base import Backend, write_zero_buffers
 from dmfuse.errors import InvalidArgument, IOFailure, NotSupported, TableError
 
 
@@ -116,12 +116,7 @@ class Target(abc.ABC):
         raise NotSupported(f"{self.name}: discard not supported")
 
     async def write_zeroes(self, offset: int, length: int) -> None:
-        zeros = memoryview(bytes(min(length, 1 << 20)))
-        end = offset + length
-        while offset < end:
-            n = min(len(zeros), end - offset)
-            await self.write(offset, zeros[:n])
-            offset += n
+        await write_zero_buffers(self.write, offset, length)
 
     def status(self) -> str:
         return ""

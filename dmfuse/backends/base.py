@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable, Callable
 
 
 class Backend(abc.ABC):
@@ -47,3 +48,18 @@ class Backend(abc.ABC):
     def depends_on(self) -> list[str]:
         """Names of dmfuse devices this backend stacks on (for cycle checks)."""
         return []
+
+
+ZERO_CHUNK = 1 << 20
+
+
+async def write_zero_buffers(
+    write: Callable[[int, memoryview], Awaitable[None]], offset: int, length: int
+) -> None:
+    """Write-zeroes the slow way, with plain writes of a shared zero buffer (at most 1 MiB)."""
+    zeros = memoryview(bytes(min(length, ZERO_CHUNK)))
+    end = offset + length
+    while offset < end:
+        n = min(len(zeros), end - offset)
+        await write(offset, zeros[:n])
+        offset += n

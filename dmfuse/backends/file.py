@@ -16,7 +16,7 @@ import os
 import stat
 import struct
 
-from dmfuse.backends.base import Backend
+from dmfuse.backends.base import Backend, write_zero_buffers
 from dmfuse.errors import IOFailure
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -25,7 +25,6 @@ FALLOC_FL_ZERO_RANGE = 0x10
 BLKGETSIZE64 = 0x80081272
 BLKDISCARD = 0x1277
 BLKZEROOUT = 0x127F
-_ZERO_CHUNK = 1 << 20
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -90,7 +89,7 @@ class FileBackend(Backend):
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
-            await self._write_zero_buffers(offset, length)
+            await write_zero_buffers(self.write, offset, length)
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         try:
@@ -101,15 +100,7 @@ class FileBackend(Backend):
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            await self._write_zero_buffers(offset, length)
-
-    async def _write_zero_buffers(self, offset: int, length: int) -> None:
-        zeros = memoryview(bytes(min(length, _ZERO_CHUNK)))
-        end = offset + length
-        while offset < end:
-            n = min(len(zeros), end - offset)
-            await self.write(offset, zeros[:n])
-            offset += n
+            await write_zero_buffers(self.write, offset, length)
 
     async def close(self) -> None:
         os.close(self.fd)

@@ -31,6 +31,7 @@ class BackendPool:
 
     def __init__(self) -> None:
         self._files: dict[tuple[int, int, bool], FileBackend] = {}
+        self._keys: dict[int, tuple[int, int, bool]] = {}  # id(backend) -> its key above
 
     def open_file(self, path: str, display: str, writable: bool) -> FileBackend:
         try:
@@ -48,8 +49,8 @@ class BackendPool:
                 raise TableError(
                     f"Device lookup failed: {display}: {exc.strerror}", exc.errno
                 ) from None
-            backend.key = key  # type: ignore[attr-defined]
             self._files[key] = backend
+            self._keys[id(backend)] = key
         backend.refs += 1
         return backend
 
@@ -57,9 +58,9 @@ class BackendPool:
         backend.refs -= 1
         if backend.refs > 0:
             return
-        key = getattr(backend, "key", None)
+        key = self._keys.pop(id(backend), None)
         if key is not None:
-            self._files.pop(key, None)
+            del self._files[key]
         await backend.close()
 
 
