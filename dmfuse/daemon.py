@@ -54,7 +54,7 @@ class Daemon:
                         cwd=self.tables.path,
                     )
                 except DmError as exc:
-                    raise TableError(f"{f.name}{'.table'}: {exc.message}") from None
+                    raise TableError(f"{f.name}.table: {exc.message}") from None
         except BaseException:
             await self.manager.shutdown()
             raise
