@@ -8,18 +8,15 @@ order of checks so that errors carry the kernel's ``ti->error`` text: allocate t
 (``Error decoding and setting key``), build the IV generator (``Error creating IV``).
 
 What OpenSSL provides decides what is accepted: AES (128/192/256) in ``xts`` (AES-128/256
-only, halves not equal: what OpenSSL's own XTS accepts, against which the batched XTS is
-tested; the kernel takes both), ``cbc``,
-``ctr`` and ``ecb``, and ``cipher_null`` in ``ecb``; ESSIV with the hashlib digests whose
-names match the kernel's.  Everything else is refused as the kernel refuses an algorithm it
-does not have.
+only, halves not equal: what OpenSSL's XTS accepts; the kernel takes both), ``cbc``, ``ctr``
+and ``ecb``, and ``cipher_null`` in ``ecb``; ESSIV with the hashlib digests whose names match
+the kernel's.  Everything else is refused as the kernel refuses an algorithm it does not have.
 
-Speed: no cipher context per unit.  A request is converted as a whole by
-:mod:`dmfuse.crypt.batched` (AES-ECB from OpenSSL over the whole buffer plus numpy for the
-XTS tweaks, CBC chaining and CTR counters), IVs are made with :func:`~dmfuse.crypt.ivgen.iv_array`,
-and the ECB ``Cipher`` objects are built once per key.  Only CBC *encryption* of a few units
-(fewer than ``blocks per unit / _CBC_COLUMNS_MIN``) uses one public ``Cipher(AES, CBC(iv))``
-context per unit.  Several subkeys (``aes:2-...``): the units of each subkey are batched
+Speed: a request is converted by one call into :mod:`dmfuse._openssl`, which walks the units
+in C with the GIL released and gives each its IV (OpenSSL's own XTS/CBC/CTR/ECB; no cipher
+code here).  The IVs of all units are made at once with :func:`~dmfuse.crypt.ivgen.iv_array`
+(ESSIV: then encrypted with the salt key in one ECB call).  Keyed contexts are built once per
+key.  Several subkeys (``aes:2-...``): the units of each subkey are gathered and converted
 together.  IV sectors are taken modulo 2^64, as the kernel's ``sector_t``.
 """
 
@@ -29,10 +26,9 @@ import errno
 import hashlib
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from numpy.typing import NDArray
 
-from dmfuse.crypt import batched
-from dmfuse.crypt.batched import Bytes
+from dmfuse._openssl import OpenSSLError, UnitCipher
 from dmfuse.crypt.cipherspec import IV_MODES, KERNEL_ONLY_IV_MODES, CipherSpec
 from dmfuse.crypt.ivgen import benbi_shift, iv_array
 from dmfuse.errors import IOFailure, TableError
@@ -57,28 +53,18 @@ _CHAIN_IV_SIZE = {"xts": 16, "cbc": 16, "ctr": 16, "ecb": 0}
 _AES_KEYS = (16, 24, 32)
 
 _MASK64 = 2**64 - 1
-# CBC encryption of fewer units than (a unit's 16-byte blocks / this) is done with one public
-# OpenSSL CBC context per unit: the batched form costs one ECB call per block column of the
-# unit (measured crossover: about as many units as blocks per unit).
-_CBC_COLUMNS_MIN = 1
-# XTS of fewer units than this (times sector_size / 1024 for units above 1 KiB) uses one
-# public OpenSSL XTS context per unit (~5 us each): the batched form has a fixed cost of
-# ~60-120 us in numpy calls (measured crossover: ~13 units of 512 bytes, ~50 of 4096).
-_XTS_BATCH_MIN = 16
+_OPENSSL_MODE = {"xts": "XTS", "cbc": "CBC", "ctr": "CTR", "ecb": "ECB"}
 
 
 class _SubKey:
-    """One subkey's ECB ciphers (``Cipher`` objects are reusable; contexts are per request)."""
+    """One subkey's keyed OpenSSL ciphers (usable from several threads at once)."""
 
-    __slots__ = ("alg", "data", "essiv", "tweak", "xts")
+    __slots__ = ("data", "essiv")
 
-    def __init__(self, key: bytes, tweak: bytes | None, essiv: bytes | None) -> None:
-        alg = algorithms.AES(key)
-        self.alg = alg  # the data key (XTS: K1)
-        self.data = Cipher(alg, modes.ECB())
-        self.tweak = Cipher(algorithms.AES(tweak), modes.ECB()) if tweak else None
-        self.xts = algorithms.AES(key + tweak) if tweak else None  # OpenSSL's XTS key
-        self.essiv = Cipher(algorithms.AES(essiv), modes.ECB()) if essiv else None
+    def __init__(self, chain: str, key: bytes, essiv: bytes | None) -> None:
+        bits = 8 * len(key) // (2 if chain == "xts" else 1)  # XTS: K1 || K2
+        self.data = UnitCipher(f"AES-{bits}-{_OPENSSL_MODE[chain]}", key)
+        self.essiv = UnitCipher(f"AES-{8 * len(essiv)}-ECB", essiv) if essiv else None
 
 
 class SectorCipher:
@@ -144,7 +130,6 @@ class SectorCipher:
                 raise TableError("Error decoding and setting key")
             for i in range(self.keycount):
                 sub = key[i * subsize : (i + 1) * subsize]
-                tweak = None
                 if xts:
                     if subsize not in (32, 64):
                         # the kernel also takes 48 bytes (AES-192-XTS); OpenSSL has no such mode
@@ -154,7 +139,6 @@ class SectorCipher:
                             "Error decoding and setting key: OpenSSL refuses XTS keys "
                             "with equal halves"
                         )
-                    sub, tweak = sub[: subsize // 2], sub[subsize // 2 :]
                 elif subsize not in _AES_KEYS:
                     raise TableError("Error decoding and setting key")
                 salt = None
@@ -162,7 +146,10 @@ class SectorCipher:
                     salt = hashlib.new(_HASHES[self.spec.ivopts], sub).digest()
                     if len(salt) not in _AES_KEYS:
                         raise TableError("Error decoding and setting key")
-                keys.append(_SubKey(sub, tweak, salt))
+                try:
+                    keys.append(_SubKey(self.spec.chainmode, sub, salt))
+                except (OpenSSLError, ValueError) as exc:
+                    raise TableError("Error decoding and setting key") from exc
         self._keys = keys
 
     def wipe(self) -> None:
@@ -172,67 +159,59 @@ class SectorCipher:
     # -- data ------------------------------------------------------------------------------
     def encrypt(self, buf: memoryview, sector: int) -> None:
         """Encrypt ``buf`` (whole units) in place; ``sector`` = target sector + iv_offset."""
-        self._convert(buf, sector, encrypt=True)
+        self.convert(buf, buf, sector, encrypt=True)
 
     def decrypt(self, buf: memoryview, sector: int) -> None:
-        self._convert(buf, sector, encrypt=False)
+        self.convert(buf, buf, sector, encrypt=False)
 
-    def _convert(self, buf: memoryview, sector: int, *, encrypt: bool) -> None:
+    def convert(self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool) -> None:
+        """Encrypt or decrypt the whole units of ``src`` into ``dst`` (same length; may be the
+        same buffer).  Thread-safe; runs without the GIL for the bulk of the work."""
         if self.null:
+            if dst is not src:
+                dst[:] = src
             return
         keys = self._keys
         if not keys:  # wiped: resume is refused, so I/O cannot get here; fail it if it does
             raise IOFailure("crypt: key is not set")
         size = self.sector_size
-        units = len(buf) // size
+        units = len(src) // size
         if units == 0:
             return
-        data: Bytes = np.frombuffer(buf, dtype=np.uint8).reshape(units, size)
         # the 512-byte sector of each unit, modulo 2^64 like the kernel's sector_t
         sectors = np.arange(units, dtype=np.uint64)
         sectors *= np.uint64(self.step)
         sectors += np.uint64(sector & _MASK64)
-        ivs = None
+        ivs: NDArray[np.uint8] | None = None
         if self.ivmode is not None:
             ivs = iv_array(self.ivmode, sectors >> np.uint64(self.iv_shift), self._benbi_shift)
         if len(keys) == 1:
-            self._run(keys[0], data, ivs, encrypt)
+            self._run(keys[0], src, dst, ivs, encrypt)
             return
-        # several subkeys: unit u uses subkey (sector & (keycount - 1)); batch per subkey
+        # several subkeys: unit u uses subkey (sector & (keycount - 1)); gather per subkey
         index = sectors & np.uint64(self.keycount - 1)
+        source = np.frombuffer(src, dtype=np.uint8).reshape(units, size)
+        target = np.frombuffer(dst, dtype=np.uint8).reshape(units, size)
         for k, subkey in enumerate(keys):
             rows = np.flatnonzero(index == k)
             if rows.size:
-                part = data[rows]  # a contiguous copy
-                self._run(subkey, part, None if ivs is None else ivs[rows], encrypt)
-                data[rows] = part
+                part = source[rows]  # a contiguous copy
+                self._run(subkey, part, part, None if ivs is None else ivs[rows], encrypt)
+                target[rows] = part
 
-    def _run(self, key: _SubKey, data: Bytes, ivs: Bytes | None, encrypt: bool) -> None:
-        """Convert ``data`` (``(units, sector_size)``) in place with one subkey."""
-        chain = self.spec.chainmode
+    def _run(
+        self,
+        key: _SubKey,
+        src: memoryview | NDArray[np.uint8],
+        dst: memoryview | NDArray[np.uint8],
+        ivs: NDArray[np.uint8] | None,
+        encrypt: bool,
+    ) -> None:
+        """Convert ``src`` into ``dst`` with one subkey, unit by unit."""
         if ivs is None:  # ecb
-            ctx = key.data.encryptor() if encrypt else key.data.decryptor()
-            data[...] = batched.ecb(ctx, data).reshape(data.shape)
+            key.data.convert(src, dst, b"", self.sector_size, encrypt)
             return
         if key.essiv is not None:  # ESSIV: the plain64 blocks encrypted with the salt key
-            ivs = batched.ecb(key.essiv.encryptor(), ivs).reshape(ivs.shape)
-        if chain == "xts":
-            assert key.tweak is not None and key.xts is not None
-            if len(data) >= _XTS_BATCH_MIN * max(1, self.sector_size // 1024):
-                ctx = key.data.encryptor() if encrypt else key.data.decryptor()
-                batched.xts(data, ivs, key.tweak.encryptor(), ctx)
-                return
-            for row, iv in zip(data, ivs, strict=True):
-                xts = Cipher(key.xts, modes.XTS(iv.tobytes()))
-                unit = xts.encryptor() if encrypt else xts.decryptor()
-                row[...] = np.frombuffer(unit.update(row), dtype=np.uint8)
-        elif chain == "ctr":
-            batched.ctr(data, ivs, key.data.encryptor())
-        elif not encrypt:
-            batched.cbc_decrypt(data, ivs, key.data.decryptor())
-        elif len(data) * _CBC_COLUMNS_MIN >= self.sector_size // batched.BLOCK:
-            batched.cbc_encrypt(data, ivs, key.data.encryptor())
-        else:  # a few units: one CBC context each is cheaper than a call per block column
-            for row, iv in zip(data, ivs, strict=True):
-                ctx = Cipher(key.alg, modes.CBC(iv.tobytes())).encryptor()
-                row[...] = np.frombuffer(ctx.update(row), dtype=np.uint8)
+            ivs = np.ascontiguousarray(ivs)
+            key.essiv.convert(ivs, ivs, b"", ivs.nbytes, True)
+        key.data.convert(src, dst, ivs, self.sector_size, encrypt)

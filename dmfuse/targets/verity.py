@@ -94,12 +94,8 @@ import errno
 import logging
 import mmap
 import re
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
-
-import trio
+from collections.abc import Sequence
 
 from dmfuse.args import ArgReader
 from dmfuse.backends.base import Backend
@@ -108,20 +104,14 @@ from dmfuse.target import DeviceOpener, Limits, Target, check_area, register
 from dmfuse.verity import hashing
 from dmfuse.verity.tree import Geometry, GeometryError
 
-if TYPE_CHECKING:
-    import outcome
-
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = mmap.PAGESIZE
 CACHE_BYTES = 16 << 20  # hash blocks kept (verified or not), like dm-bufio's cache
-THREAD_BYTES = 64 << 10  # reads this big are hashed on this and a worker thread at once
-SLICE_BYTES = 64 << 10  # what each of them takes at a time
 MAX_CORRUPTED_ERRS = 100  # DM_VERITY_MAX_CORRUPTED_ERRS: log lines per table
 OPTS_MAX = 15  # DM_VERITY_OPTS_MAX = 5 + FEC (8) + signature (2)
 INT_MAX = 2**31 - 1
 _HEX = re.compile(r"[0-9a-fA-F]*\Z")
-_E = TypeVar("_E")  # what a block check compares against: packed digests or a list
 
 MODE_EIO, MODE_LOGGING, MODE_RESTART, MODE_PANIC = "eio", "logging", "restart", "panic"
 _MODES = {
@@ -145,35 +135,6 @@ class Corrupted(IOFailure):
     def __init__(self, message: str, source: Verity) -> None:
         super().__init__(message)
         self.source = source
-
-
-class Pace:
-    """Whether big reads hash faster inline or split with a worker thread, here and now.
-
-    Splitting uses the second core, but hashlib takes the GIL back after every block, and
-    when the other thread sleeps meanwhile (an idle vCPU halts) each handoff costs a wakeup
-    that can exceed the 2 us the block's hash takes.  Which wins changes from minute to
-    minute on the shared 2-vCPU VM (in-process, 1 MiB: split 665 vs inline 838 us, then
-    915 vs 828 us; through FUSE on an idle machine inline was 1.5x faster).  So both ways
-    are timed (seconds per block, moving average), the faster is used and the other is tried
-    again every ``RETRY``-th time."""
-
-    RETRY = 16
-
-    def __init__(self) -> None:
-        self.cost: list[float | None] = [None, None]  # [inline, threaded]
-        self.calls = 0
-
-    def threaded(self) -> bool:
-        self.calls += 1
-        inline, split = self.cost
-        if split is None or inline is None:
-            return split is None  # time each way once: threaded first
-        return (split < inline) != (self.calls % self.RETRY == 0)
-
-    def record(self, threaded: bool, per_block: float) -> None:
-        old = self.cost[threaded]
-        self.cost[threaded] = per_block if old is None else 0.75 * old + 0.25 * per_block
 
 
 class _HashBlock:
@@ -216,7 +177,7 @@ class Verity(Target):
             block_size=g.data_block_size, flush_bios=0, discard_bios=0, write_zeroes=False
         )
         self._digest = hashing.salted(ctor, g.version, salt)
-        self._digests = hashing.salted_blocks(ctor, g.version, salt)
+        self._digests = hashing.salted_blocks(algorithm, ctor, g.version, salt)
         self._block_bits = g.data_block_size.bit_length() - 1
         self._zero_digest = (
             self._digest(bytes(g.data_block_size)) if options.ignore_zero_blocks else None
@@ -226,7 +187,6 @@ class Verity(Target):
         self._validated = bytearray((g.data_blocks + 7) // 8) if options.at_most_once else None
         self._cache: OrderedDict[int, _HashBlock] = OrderedDict()
         self._cache_max = max(16, CACHE_BYTES // g.hash_block_size)
-        self._pace = Pace()
         self.hash_failed = False
         self.corrupted_errs = 0
         self.tripped: str | None = None
@@ -314,14 +274,14 @@ class Verity(Target):
                 return
         expect = self._packed(first, count)
         if expect is not None:  # the steady state of sequential reads
-            bad = await self._hash_split(self._check_packed, buf, expect, count)
+            bad = self._check_packed(buf, expect, count)
             for i in bad:
                 self._corrupted("data", first + i)  # raises unless ignore_corruption
             return
         wants = await self._wants(first, count, buf)
         if wants.count(None) == count:
             return
-        bad = await self._hash_split(self._check, buf, wants, count)
+        bad = self._check(buf, wants)
         if validated is not None:
             stop = bad[0] if bad and self.options.mode != MODE_LOGGING else count
             for i in range(stop):
@@ -330,53 +290,6 @@ class Verity(Target):
                     validated[block >> 3] |= 1 << (block & 7)
         for i in bad:
             self._corrupted("data", first + i)  # raises unless ignore_corruption
-
-    async def _hash_split(
-        self,
-        check: Callable[[memoryview, _E, int, int], list[int]],
-        buf: memoryview,
-        expect: _E,
-        count: int,
-    ) -> list[int]:
-        """``check(buf, expect, lo, hi)`` over [0, count); the bad indexes in order.
-
-        hashlib drops the GIL while it hashes a block, so a big read is hashed by a worker
-        thread and this (the trio) thread at once: both cores for one request, with one
-        thread hop (two ``trio.to_thread`` calls measured 35% slower than one hop plus this
-        thread).  A hop costs more than hashing a few blocks: small reads stay inline."""
-        if count * self.geometry.data_block_size < THREAD_BYTES:
-            return check(buf, expect, 0, count)
-        threaded = self._pace.threaded()
-        began = time.perf_counter()
-        if not threaded:
-            bad = check(buf, expect, 0, count)
-            self._pace.record(False, (time.perf_counter() - began) / count)
-            return bad
-        # slices of SLICE_BYTES taken in turn by both threads from one iterator (next() on it
-        # is atomic under the GIL): whichever thread starts late or runs slow takes fewer, so
-        # neither waits long for the other at the end
-        step = max(1, SLICE_BYTES // self.geometry.data_block_size)
-        starts = iter(range(0, count, step))
-
-        def work() -> list[int]:
-            return [i for lo in starts for i in check(buf, expect, lo, min(lo + step, count))]
-
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        result: list[outcome.Outcome[list[int]]] = []
-
-        def deliver(out: outcome.Outcome[list[int]]) -> None:  # on the worker thread
-            result.append(out)
-            token.run_sync_soon(done.set)
-
-        trio.lowlevel.start_thread_soon(work, deliver)
-        try:
-            mine = work()
-        finally:
-            with trio.CancelScope(shield=True):  # the worker reads buf: never leave before it
-                await done.wait()
-        self._pace.record(True, (time.perf_counter() - began) / count)
-        return sorted(result[0].unwrap() + mine)
 
     def _packed(self, first: int, count: int) -> bytes | None:
         """The expected digests of blocks [first, first + count) back to back, if every
@@ -406,18 +319,18 @@ class Verity(Target):
             block = stop
         return b"".join(pieces)
 
-    def _check_packed(self, buf: memoryview, expect: bytes, lo: int, hi: int) -> list[int]:
-        """Indexes in [lo, hi) of the blocks whose digest differs from their ``expect`` slice
-        (pure: runs on threads).  The digests are joined and compared at once; only a
-        mismatch looks at them one by one."""
+    def _check_packed(self, buf: memoryview, expect: bytes, count: int) -> list[int]:
+        """Indexes of the first ``count`` blocks whose digest differs from their ``expect``
+        slice.  The digests are computed in one call (OpenSSL on both cores) and compared at
+        once; only a mismatch looks at them one by one."""
         bs, dsz = self.geometry.data_block_size, self.geometry.digest_size
-        got = self._digests(buf, bs, lo, hi)
-        if got == expect[lo * dsz : hi * dsz]:
+        got = self._digests(buf, bs, 0, count)
+        if got == expect:
             return []
         return [
             i
-            for i in range(lo, hi)
-            if got[(i - lo) * dsz : (i - lo + 1) * dsz] != expect[i * dsz : (i + 1) * dsz]
+            for i in range(count)
+            if got[i * dsz : (i + 1) * dsz] != expect[i * dsz : (i + 1) * dsz]
         ]
 
     async def _wants(self, first: int, count: int, buf: memoryview) -> list[bytes | None]:
@@ -476,12 +389,12 @@ class Verity(Target):
                 wants.append(want)
         return wants
 
-    def _check(self, buf: memoryview, wants: list[bytes | None], lo: int, hi: int) -> list[int]:
-        """Indexes in [lo, hi) of the blocks whose digest differs (pure: runs on threads)."""
+    def _check(self, buf: memoryview, wants: list[bytes | None]) -> list[int]:
+        """Indexes of the blocks whose digest differs from ``wants`` (None: not checked)."""
         bs = self.geometry.data_block_size
         digest = self._digest
         bad = []
-        for i in range(lo, hi):
+        for i in range(len(wants)):
             want = wants[i]
             if want is not None and digest(buf[i * bs : (i + 1) * bs]) != want:
                 bad.append(i)

@@ -7,6 +7,10 @@ kernel says for a name it does not know.
 
 Salting (dm-verity ``verity_hash``): format version 1 hashes ``salt || block``, version 0 (the
 original Chrome OS format) hashes ``block || salt``.
+
+Runs of blocks (:func:`salted_blocks`, what every big read needs) are hashed by OpenSSL in C
+without the GIL (:class:`dmfuse._openssl.BlockHasher`) when OpenSSL has the algorithm, so two
+threads can share a request; otherwise (e.g. blake2b with a short digest) by hashlib in a loop.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import functools
 import hashlib
 from collections.abc import Callable
 from typing import Protocol
+
+from dmfuse._openssl import BlockHasher, OpenSSLError
 
 Bytes = bytes | bytearray | memoryview
 
@@ -40,6 +46,16 @@ BlockDigests = Callable[[memoryview, int, int, int], bytes]
 
 _DIRECT = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
 _OPENSSL = {"sm3": "sm3", "rmd160": "ripemd160"}
+# kernel name -> OpenSSL's name, for the digests dmfuse._openssl can compute
+_EVP = {name: name.upper() for name in _DIRECT} | {
+    "sha3-224": "SHA3-224",
+    "sha3-256": "SHA3-256",
+    "sha3-384": "SHA3-384",
+    "sha3-512": "SHA3-512",
+    "blake2b-512": "BLAKE2B-512",
+    "sm3": "SM3",
+    "rmd160": "RIPEMD160",
+}
 
 
 def _table() -> dict[str, HashCtor]:
@@ -60,12 +76,13 @@ def _table() -> dict[str, HashCtor]:
 _ALGORITHMS = _table()
 
 
+def _base_name(name: str) -> str:
+    return name[: -len("-generic")] if name.endswith("-generic") else name
+
+
 def lookup(name: str) -> HashCtor | None:
     """The constructor for a kernel algorithm name, or None if it cannot be computed here."""
-    ctor = _ALGORITHMS.get(name)
-    if ctor is None and name.endswith("-generic"):
-        ctor = _ALGORITHMS.get(name[: -len("-generic")])
-    return ctor
+    return _ALGORITHMS.get(name) or _ALGORITHMS.get(_base_name(name))
 
 
 def digest_size(ctor: HashCtor) -> int:
@@ -98,9 +115,17 @@ def salted(ctor: HashCtor, version: int, salt: bytes) -> Digest:
     return suffixed
 
 
-def salted_blocks(ctor: HashCtor, version: int, salt: bytes) -> BlockDigests:
-    """:func:`salted` over a run of blocks in one call: the loop is inlined (a Python call
-    per 4K block is ~10% of the hashing time), which is what big reads run on threads."""
+def salted_blocks(name: str, ctor: HashCtor, version: int, salt: bytes) -> BlockDigests:
+    """:func:`salted` over a run of blocks in one call (``name``: the kernel's name of
+    ``ctor``'s algorithm): OpenSSL in C if it has the algorithm, else a hashlib loop."""
+    evp = _EVP.get(_base_name(name))
+    if evp is not None:
+        try:
+            hasher = BlockHasher(evp, salt if version >= 1 else b"", b"" if version >= 1 else salt)
+        except OpenSSLError:  # not in this OpenSSL's providers (e.g. RIPEMD160 in "legacy")
+            pass
+        else:
+            return functools.partial(_evp_digests, hasher)
     if not salt:
 
         def plain(buf: memoryview, bs: int, lo: int, hi: int) -> bytes:
@@ -129,3 +154,7 @@ def salted_blocks(ctor: HashCtor, version: int, salt: bytes) -> BlockDigests:
         return b"".join(out)
 
     return suffixed
+
+
+def _evp_digests(hasher: BlockHasher, buf: memoryview, bs: int, lo: int, hi: int) -> bytes:
+    return hasher.digests(buf, bs, lo, hi)

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dmfuse.crypt import sectors
 from dmfuse.crypt.cipherspec import CipherSpec, key_size, mask_key, parse_cipher
 from dmfuse.crypt.ivgen import benbi_shift, generator, iv_array
 from dmfuse.crypt.sectors import SectorCipher
@@ -457,7 +456,7 @@ def test_random_writes_match_a_flat_model_and_survive_a_reload(
         trio.run(run, disk)
 
 
-# -- batched chain modes against one public OpenSSL context per unit --------------------------
+# -- the C unit loop against one public OpenSSL context per unit ------------------------------
 MASK64 = 2**64 - 1
 
 
@@ -491,11 +490,10 @@ def per_unit_reference(
     st.integers(1, 64),
     st.integers(0, 2**32),
 )
-def test_batched_xts_equals_per_unit_openssl_xts(
+def test_xts_equals_one_public_openssl_context_per_unit(
     key_bytes: int, unit: int, iv_large: bool, first: int, units: int, seed: int
 ) -> None:
-    """Forced onto the batched path for any number of units (normally a few units go to one
-    OpenSSL XTS context each)."""
+    """The C unit loop (dmfuse._openssl) against ``cryptography``, one context per unit."""
     rnd = random.Random(seed)
     key = rnd.randbytes(key_bytes)
     while key[: key_bytes // 2] == key[key_bytes // 2 :]:
@@ -503,21 +501,13 @@ def test_batched_xts_equals_per_unit_openssl_xts(
     plain = rnd.randbytes(units * unit)
     sc = SectorCipher(parse_cipher("aes-xts-plain64"), key, unit, iv_large)
     buf = bytearray(plain)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sectors, "_XTS_BATCH_MIN", 0)
-        sc.encrypt(memoryview(buf), first)
-        assert bytes(buf) == per_unit_reference(
-            "aes-xts-plain64", key, unit, iv_large, first, plain, True
-        )
-        sc.decrypt(memoryview(buf), first)
-        assert bytes(buf) == plain
-    # and the size-chosen path agrees
     sc.encrypt(memoryview(buf), first)
     assert bytes(buf) == per_unit_reference(
         "aes-xts-plain64", key, unit, iv_large, first, plain, True
     )
-    sc.decrypt(memoryview(buf), first)
-    assert bytes(buf) == plain
+    out = bytearray(len(buf))  # into another buffer, as writes do
+    sc.convert(memoryview(buf), memoryview(out), first, encrypt=False)
+    assert bytes(out) == plain
 
 
 @settings(max_examples=150, deadline=None)
@@ -546,7 +536,7 @@ def test_batched_xts_equals_per_unit_openssl_xts(
 # the counter's low word overflows into the high word; the IV sector wraps at 2^64
 @example("aes-ctr-plain64be", 16, 512, False, MASK64, 4, 0)
 @example("aes-cbc-benbi", 32, 4096, True, MASK64 - 7, 3, 1)
-def test_batched_modes_equal_per_unit_openssl(
+def test_every_mode_equals_one_public_openssl_context_per_unit(
     cipher: str,
     key_bytes: int,
     unit: int,
@@ -555,8 +545,7 @@ def test_batched_modes_equal_per_unit_openssl(
     units: int,
     seed: int,
 ) -> None:
-    """Every chain mode and IV generator, both directions, batched or not (CBC encryption
-    switches between block columns and per-unit contexts with the request size)."""
+    """Every chain mode and IV generator, both directions."""
     rnd = random.Random(seed)
     if "xts" in cipher:
         key_bytes = 64 if key_bytes == 24 else key_bytes * 2
@@ -568,7 +557,7 @@ def test_batched_modes_equal_per_unit_openssl(
     assert bytes(buf) == per_unit_reference(cipher, key, unit, iv_large, first, plain, True)
     sc.decrypt(memoryview(buf), first)
     assert bytes(buf) == plain
-    # decryption of data that was not made by encryption (CBC decrypt is batched separately)
+    # decryption of data that was not made by encryption
     sc.decrypt(memoryview(buf), first)
     assert bytes(buf) == per_unit_reference(cipher, key, unit, iv_large, first, plain, False)
 
@@ -596,8 +585,8 @@ def test_iv_array_equals_the_scalar_generators(ivmode: str, sectors: list[int]) 
     ],
 )
 def test_unaligned_buffers_convert_like_aligned_ones(cipher: str, key_bytes: int) -> None:
-    """numpy views the request buffer as 64-bit words; a buffer that does not start on a
-    word boundary (a slice of a larger one) gives the same bytes."""
+    """A buffer that does not start on a word boundary (a slice of a larger one) gives the
+    same bytes, through OpenSSL and through the per-subkey gather."""
     sc = SectorCipher(parse_cipher(cipher), bytes(range(1, key_bytes + 1)), 512, False)
     plain = pattern(0, 512 * 40, seed=3)
     aligned = bytearray(plain)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from dmfuse.crypt import sectors
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import TableError
+from dmfuse.targets.crypt import Crypt
 from tests.conftest import pattern
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "kernel"
@@ -133,14 +133,12 @@ async def test_ciphertext_matches_kernel(tmp_path: Path) -> None:
     compare(kernel, await dmfuse_image(tmp_path))
 
 
-@pytest.mark.parametrize("batch_min", [0, 10**9])
-async def test_batched_and_per_unit_paths_match_kernel(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_min: int
+async def test_worker_thread_path_matches_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """XTS and CBC encryption always batched (0) and always one public OpenSSL context per
-    unit (10**9) both give the kernel's bytes; normally the request size chooses."""
-    monkeypatch.setattr(sectors, "_CBC_COLUMNS_MIN", batch_min)
-    monkeypatch.setattr(sectors, "_XTS_BATCH_MIN", batch_min)
+    """Every request converted on a worker thread (normally only those of 2 MiB or more)
+    gives the kernel's bytes too."""
+    monkeypatch.setattr(Crypt, "THREAD_MIN", 0)
     kernel = lzma.decompress(IMAGE_XZ.read_bytes())
     compare(kernel, await dmfuse_image(tmp_path))
 

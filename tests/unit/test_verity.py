@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -180,63 +179,27 @@ async def test_flipped_data_byte_fails_exactly_that_block(
     assert await read_block(m, "v", 76, 1) == vs.data[76 * 4096 : 77 * 4096]
 
 
-@pytest.mark.parametrize("bad", [77, 200])  # in the first slice, in the second
-async def test_big_read_with_one_corrupted_block_fails_on_the_threaded_path(
-    vs: Setup, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, bad: int
+@pytest.mark.parametrize("bad", [0, 77, 200, 255])  # first, either half, last
+async def test_big_read_with_one_corrupted_block_fails_and_names_it(
+    vs: Setup, caplog: pytest.LogCaptureFixture, bad: int
 ) -> None:
+    """A 1 MiB read is hashed in one call on both cores (OpenSSL threads): one bad block in
+    it fails the read and is the one logged."""
     flip(vs.data_path, bad * 4096 + 2048)
     m = Manager()
     await m.create("v", vs.table(), readonly=True)
-    await read_block(m, "v", 0)  # level-0 hash blocks verified and cached: the packed path
-    await read_block(m, "v", 128)
-    monkeypatch.setattr(verity_mod, "SLICE_BYTES", 512 << 10)  # 1 MiB: two slices
-    monkeypatch.setattr(verity_mod.Pace, "threaded", lambda self: True)
-    calls: list[tuple[bool, int, int, list[int]]] = []
-    worker_took_one = threading.Event()
-    real = Verity._check_packed
-
-    def spy(self: Verity, buf: memoryview, expect: bytes, lo: int, hi: int) -> list[int]:
-        on_main = threading.current_thread() is threading.main_thread()
-        if on_main:  # leave the other slice to the worker, so that both threads hash one
-            assert worker_took_one.wait(10)
-        else:
-            worker_took_one.set()
-        found = real(self, buf, expect, lo, hi)
-        calls.append((on_main, lo, hi, found))
-        return found
-
-    monkeypatch.setattr(Verity, "_check_packed", spy)
+    await read_block(m, "v", 1)  # both level-0 hash blocks verified and cached: the
+    await read_block(m, "v", 128)  # read below takes the packed path
     assert m.status("v")[0]["lines"] == ["0 2048 verity V"]
     with caplog.at_level(logging.ERROR), pytest.raises(DmError) as exc:
         await m.get("v").read(0, 1 << 20)
     assert exc.value.errno == errno.EIO
-    assert sorted(c[1:] for c in calls) == [
-        (0, 128, [bad] if bad < 128 else []),
-        (128, 256, [bad] if bad >= 128 else []),
-    ]
-    assert sorted(c[0] for c in calls) == [False, True]  # one slice each, at the same time
     assert caplog.text.count("is corrupted") == 1
     assert f"{vs.data_path}: data block {bad} is corrupted" in caplog.text
     assert m.status("v")[0]["lines"] == ["0 2048 verity C"]
-    # the blocks around it still read, in big reads on the threaded path too
+    # the blocks around it still read, in big reads too
     assert await read_block(m, "v", 0, bad) == vs.data[: bad * 4096]
     assert await read_block(m, "v", bad + 1, 255 - bad) == vs.data[(bad + 1) * 4096 :]
-
-
-async def test_big_reads_hash_the_faster_way_and_retry_the_other() -> None:
-    pace = verity_mod.Pace()
-    assert pace.threaded()  # each way timed once, threaded first
-    pace.record(True, 3e-6)
-    assert not pace.threaded()
-    pace.record(False, 2e-6)
-    picks = []
-    for _ in range(32):
-        picks.append(pace.threaded())
-        pace.record(picks[-1], 3e-6 if picks[-1] else 2e-6)
-    assert picks.count(True) == 2  # inline is faster: threaded retried every 16th time
-    for _ in range(8):  # threaded turns faster (the other core freed): it takes over
-        pace.record(True, 1e-6)
-    assert [pace.threaded() for _ in range(3)].count(True) >= 2
 
 
 @pytest.mark.parametrize(

@@ -229,16 +229,31 @@ def test_geometry_and_writer_agree_with_the_oracle_algorithm(
         )
 
 
-@pytest.mark.parametrize("alg", ["sha256", "sha1", "blake2b-160"])
+@pytest.mark.parametrize(
+    "alg",
+    # OpenSSL in C (dmfuse._openssl), and hashlib for blake2b with a short digest
+    [
+        "sha256",
+        "sha256-generic",
+        "sha1",
+        "md5",
+        "sha512",
+        "sha3-256",
+        "blake2b-512",
+        "sm3",
+        "blake2b-160",
+    ],
+)
 @pytest.mark.parametrize("version", [0, 1])
 @pytest.mark.parametrize("salt", [b"", b"\x00\x11\x22", bytes(range(200))])
 def test_salted_blocks_is_salted_over_a_run(alg: str, version: int, salt: bytes) -> None:
     ctor = hashing.lookup(alg)
-    assert ctor is not None
+    if ctor is None:
+        pytest.skip(f"{alg} is not in this OpenSSL")
     bs = 4096
     buf = memoryview(os.urandom(20 * bs))
     one = hashing.salted(ctor, version, salt)
-    many = hashing.salted_blocks(ctor, version, salt)
+    many = hashing.salted_blocks(alg, ctor, version, salt)
     for lo, hi in ((0, 20), (3, 4), (7, 19), (5, 5)):
         assert many(buf, bs, lo, hi) == b"".join(
             one(buf[i * bs : (i + 1) * bs]) for i in range(lo, hi)

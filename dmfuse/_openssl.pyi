@@ -1,0 +1,30 @@
+"""Types of the C extension built from ``dmfuse/_openssl.c`` (see its header)."""
+
+from typing import Any, TypeAlias
+
+import numpy as np
+from typing_extensions import Buffer
+
+# numpy arrays export the buffer protocol; typeshed says so only from Python 3.12 on.
+_Buf: TypeAlias = Buffer | np.ndarray[Any, Any]
+
+class OpenSSLError(ValueError): ...
+
+class UnitCipher:
+    """An OpenSSL cipher (e.g. ``"AES-256-XTS"``) applied unit by unit."""
+
+    iv_len: int
+
+    def __init__(self, name: str, key: bytes) -> None: ...
+    def convert(self, src: _Buf, dst: _Buf, ivs: _Buf, unit: int, encrypt: bool) -> None:
+        """Unit ``i`` of ``src`` into unit ``i`` of ``dst`` (may be ``src``) with IV
+        ``ivs[i * iv_len : (i + 1) * iv_len]``; no padding; without the GIL."""
+
+class BlockHasher:
+    """An OpenSSL digest (e.g. ``"SHA256"``) over ``prefix || block || suffix``."""
+
+    digest_size: int
+
+    def __init__(self, name: str, prefix: bytes, suffix: bytes) -> None: ...
+    def digests(self, data: _Buf, block: int, lo: int, hi: int) -> bytes:
+        """The digests of blocks ``[lo, hi)`` of ``data``, back to back; without the GIL."""
