@@ -16,13 +16,23 @@
  *                                    back to back (dm-verity's salting: v1 prefix, v0 suffix)
  *
  * Both are safe to call from several threads at once: each call makes its own context from a
- * keyed/salted template.  Keys are wiped from memory when the object goes away.
+ * keyed/salted template.  Keys are wiped from memory when the object goes away.  Big requests
+ * are shared by the calling thread and OpenMP's helper threads (one per core).
+ *
+ * XTS IV shortcut: re-initialising a context for each unit's IV is 60 ns, 40% of the cost of a
+ * 512-byte unit.  OpenSSL's XTS reads the tweak IV from the context's IV buffer on every call
+ * (EVP_CIPHER_CTX_iv_noconst gives that buffer), so for XTS the IV is copied there and the unit
+ * converted with EVP_Cipher.  Whether this OpenSSL behaves so is checked when the cipher is
+ * made, against the documented per-unit re-initialisation; if not, that slow path is used.
  */
+/* EVP_CIPHER_CTX_iv_noconst (the XTS IV shortcut below) is deprecated in OpenSSL 3. */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <string.h>
 #include <structmember.h>
 
 static PyObject *OpenSSLError;
@@ -46,7 +56,10 @@ typedef struct {
     EVP_CIPHER_CTX *decrypt;
     int iv_len;
     int block;
+    int iv_in_place; /* the XTS IV shortcut works with this OpenSSL (see the header) */
 } UnitCipher;
+
+static int iv_in_place_works(UnitCipher *self);
 
 static void UnitCipher_dealloc(UnitCipher *self) {
     EVP_CIPHER_CTX_free(self->encrypt); /* frees (and cleanses) the key schedule */
@@ -92,6 +105,7 @@ static int UnitCipher_init(UnitCipher *self, PyObject *args, PyObject *kwds) {
         return -1;
     self->iv_len = EVP_CIPHER_get_iv_length(self->cipher);
     self->block = EVP_CIPHER_get_block_size(self->cipher);
+    self->iv_in_place = iv_in_place_works(self);
     return 0;
 }
 
@@ -103,25 +117,35 @@ static int UnitCipher_init(UnitCipher *self, PyObject *args, PyObject *kwds) {
 #define PARALLEL_MIN_BYTES (128 << 10)
 
 /* Converts n units on the calling thread and OpenMP's helpers (each with its own copy of the
- * keyed template); returns 1 if all went well. */
+ * keyed template); returns 1 if all went well.  parallel: whether helpers may be used. */
 static int convert_units(const EVP_CIPHER_CTX *template, const unsigned char *src,
                          unsigned char *dst, const unsigned char *ivs, int iv_len, Py_ssize_t n,
-                         int unit) {
+                         int unit, int iv_in_place, int parallel) {
     int ok = 1;
-#pragma omp parallel if (n * unit >= PARALLEL_MIN_BYTES) shared(ok)
+#pragma omp parallel if (parallel && n * unit >= PARALLEL_MIN_BYTES) shared(ok)
     {
         EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
         int mine = ctx != NULL && EVP_CIPHER_CTX_copy(ctx, template);
+        unsigned char *live = NULL;
+        if (mine && iv_in_place && n > 0) {
+            mine = EVP_CipherInit_ex2(ctx, NULL, NULL, ivs, -1, NULL) &&
+                   (live = EVP_CIPHER_CTX_iv_noconst(ctx)) != NULL;
+        }
 #pragma omp for schedule(dynamic, UNITS_PER_CHUNK)
         for (Py_ssize_t i = 0; i < n; i++) {
-            int out;
+            const unsigned char *in = src + i * unit;
+            unsigned char *out = dst + i * unit;
+            int done;
             if (!mine)
                 continue;
-            if (iv_len && !EVP_CipherInit_ex2(ctx, NULL, NULL, ivs + i * iv_len, -1, NULL))
+            if (live != NULL) {
+                memcpy(live, ivs + i * iv_len, iv_len);
+                mine = EVP_Cipher(ctx, out, in, unit) > 0;
+            } else if (iv_len && !EVP_CipherInit_ex2(ctx, NULL, NULL, ivs + i * iv_len, -1, NULL)) {
                 mine = 0;
-            else if (!EVP_CipherUpdate(ctx, dst + i * unit, &out, src + i * unit, unit) ||
-                     out != unit)
-                mine = 0;
+            } else {
+                mine = EVP_CipherUpdate(ctx, out, &done, in, unit) && done == unit;
+            }
         }
         EVP_CIPHER_CTX_free(ctx);
         if (!mine) {
@@ -130,6 +154,29 @@ static int convert_units(const EVP_CIPHER_CTX *template, const unsigned char *sr
         }
     }
     return ok;
+}
+
+/* Whether the XTS IV shortcut gives what per-unit re-initialisation gives, both ways. */
+static int iv_in_place_works(UnitCipher *self) {
+    enum { UNIT = 64, UNITS = 3 };
+    unsigned char plain[UNIT * UNITS], slow[UNIT * UNITS], fast[UNIT * UNITS];
+    unsigned char ivs[16 * UNITS];
+    if (EVP_CIPHER_get_mode(self->cipher) != EVP_CIPH_XTS_MODE || self->iv_len != 16)
+        return 0;
+    for (size_t i = 0; i < sizeof plain; i++)
+        plain[i] = (unsigned char)(i * 37 + 11);
+    for (size_t i = 0; i < sizeof ivs; i++)
+        ivs[i] = (unsigned char)(i * 53 + 1);
+    for (int enc = 0; enc < 2; enc++) {
+        const EVP_CIPHER_CTX *template = enc ? self->encrypt : self->decrypt;
+        if (!convert_units(template, plain, slow, ivs, 16, UNITS, UNIT, 0, 0) ||
+            !convert_units(template, plain, fast, ivs, 16, UNITS, UNIT, 1, 0) ||
+            memcmp(slow, fast, sizeof slow) != 0 || memcmp(slow, slow + UNIT, UNIT) == 0) {
+            ERR_clear_error();
+            return 0;
+        }
+    }
+    return 1;
 }
 
 static PyObject *UnitCipher_convert(UnitCipher *self, PyObject *args, PyObject *kwds) {
@@ -152,7 +199,8 @@ static PyObject *UnitCipher_convert(UnitCipher *self, PyObject *args, PyObject *
         int ok;
         const EVP_CIPHER_CTX *template = encrypt ? self->encrypt : self->decrypt;
         Py_BEGIN_ALLOW_THREADS
-        ok = convert_units(template, src.buf, dst.buf, ivs.buf, self->iv_len, n, unit);
+        ok = convert_units(template, src.buf, dst.buf, ivs.buf, self->iv_len, n, unit,
+                           self->iv_in_place, 1);
         Py_END_ALLOW_THREADS
         if (!ok)
             set_openssl_error("conversion failed");
@@ -172,6 +220,8 @@ static PyMethodDef UnitCipher_methods[] = {
 
 static PyMemberDef UnitCipher_members[] = {
     {"iv_len", T_INT, offsetof(UnitCipher, iv_len), READONLY, "IV bytes per unit"},
+    {"iv_in_place", T_INT, offsetof(UnitCipher, iv_in_place), READONLY,
+     "1 if units take their IV by the XTS shortcut (see the module source)"},
     {NULL}};
 
 static PyTypeObject UnitCipherType = {

@@ -14,6 +14,7 @@ class UnitCipher:
     """An OpenSSL cipher (e.g. ``"AES-256-XTS"``) applied unit by unit."""
 
     iv_len: int
+    iv_in_place: int
 
     def __init__(self, name: str, key: bytes) -> None: ...
     def convert(self, src: _Buf, dst: _Buf, ivs: _Buf, unit: int, encrypt: bool) -> None:

@@ -10,7 +10,7 @@ VENV=${DMFUSE_VENV:-$REPO/.venv}
 PY=${PYTHON:-python3}
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev fio e2fsprogs xfsprogs util-linux patch
-              qemu-system-common qemu-utils cryptsetup-bin libdevmapper-dev xz-utils)
+              qemu-system-common qemu-utils cryptsetup-bin libdevmapper-dev xz-utils libssl-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,6 +29,6 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip 'setuptools>=78' wheel 2>&1 | grep -v '^WARNING: Location' || true
 "$REPO/scripts/build-pyfuse3.sh" "$VENV"
 "$VENV/bin/python" -m pip install -q -e "$REPO[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-"$VENV/bin/python" -c "import pyfuse3, dmfuse; assert hasattr(pyfuse3.Operations, 'fallocate')" \
-  || { echo "setup: pyfuse3 lacks the fallocate patch" >&2; exit 1; }
+"$VENV/bin/python" -c "import pyfuse3, dmfuse._openssl; assert hasattr(pyfuse3.Operations, 'fallocate')" \
+  || { echo "setup: pyfuse3 lacks the fallocate patch, or dmfuse._openssl did not build" >&2; exit 1; }
 echo "setup: ready ($VENV)"

@@ -99,6 +99,7 @@ import trio
 
 from dmfuse.args import parse_unsigned
 from dmfuse.backends.base import Backend
+from dmfuse.bufpool import BufferPool
 from dmfuse.crypt.cipherspec import (
     CipherSpec,
     decode_hex_key,
@@ -214,6 +215,7 @@ class Crypt(Target):
         self.opts = opts
         self.unit = opts.sector_size
         self.suspended = False  # the kernel's DM_CRYPT_SUSPENDED (postsuspend .. resume)
+        self._scratch = BufferPool()  # ciphertext of writes
         self.limits = Limits(
             flush_bios=1,
             discard_bios=1 if "allow_discards" in opts.flags else 0,
@@ -258,9 +260,12 @@ class Crypt(Target):
 
     async def write(self, offset: int, data: memoryview) -> None:
         sector = self._sector(offset, len(data))
-        out = memoryview(bytearray(len(data)))  # never encrypt the caller's buffer in place
-        await self._convert(data, out, sector, encrypt=True)
-        await self.dev.write(self.base + offset, out)
+        out = self._scratch.take(len(data))  # never encrypt the caller's buffer in place
+        try:
+            await self._convert(data, out, sector, encrypt=True)
+            await self.dev.write(self.base + offset, out)
+        finally:
+            self._scratch.give(out)
 
     async def _convert(
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool

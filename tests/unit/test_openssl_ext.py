@@ -1,0 +1,94 @@
+"""dmfuse._openssl: the C loops against ``cryptography`` / ``hashlib``, and their refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from dmfuse._openssl import BlockHasher, OpenSSLError, UnitCipher
+
+KEY64 = bytes(range(1, 65))
+
+
+def reference_xts(data: bytes, ivs: bytes, unit: int, encrypt: bool) -> bytes:
+    out = b""
+    for i in range(len(data) // unit):
+        ctx = Cipher(algorithms.AES(KEY64), modes.XTS(ivs[16 * i : 16 * i + 16]))
+        conv = ctx.encryptor() if encrypt else ctx.decryptor()
+        out += conv.update(data[i * unit : (i + 1) * unit])
+    return out
+
+
+@pytest.mark.parametrize("unit", [512, 4096])
+@pytest.mark.parametrize("size", [4096, 1 << 20, 3 << 20])  # inline, and shared by threads
+def test_xts_units_equal_one_openssl_context_each(unit: int, size: int) -> None:
+    cipher = UnitCipher("AES-256-XTS", KEY64)
+    assert cipher.iv_in_place == 1  # this OpenSSL passes the shortcut's self-check
+    data = os.urandom(size)
+    ivs = os.urandom(16 * (size // unit))
+    out = bytearray(size)
+    cipher.convert(data, out, ivs, unit, True)
+    assert bytes(out) == reference_xts(data, ivs, unit, True)
+    cipher.convert(out, out, ivs, unit, False)  # in place
+    assert bytes(out) == data
+
+
+def test_concurrent_calls_from_threads_agree() -> None:
+    cipher = UnitCipher("AES-256-XTS", KEY64)
+    data = os.urandom(1 << 20)
+    ivs = os.urandom(16 * 2048)
+    want = bytearray(len(data))
+    cipher.convert(data, want, ivs, 512, True)
+    results: list[bytes] = []
+
+    def run() -> None:
+        for _ in range(20):
+            out = bytearray(len(data))
+            cipher.convert(data, out, ivs, 512, True)
+            results.append(bytes(out))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 60
+    assert all(r == want for r in results)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(OpenSSLError, match="no such cipher"):
+        UnitCipher("AES-192-XTS", bytes(48))
+    with pytest.raises(ValueError, match="takes a 64-byte key, not 32"):
+        UnitCipher("AES-256-XTS", bytes(32))
+    cipher = UnitCipher("AES-128-CBC", bytes(range(16)))
+    assert cipher.iv_in_place == 0  # only XTS takes the shortcut
+    with pytest.raises(ValueError, match="not whole 512-byte units"):
+        cipher.convert(bytes(1000), bytearray(1000), bytes(16), 512, True)
+    with pytest.raises(ValueError, match="differ in length"):
+        cipher.convert(bytes(1024), bytearray(512), bytes(32), 512, True)
+    with pytest.raises(ValueError, match="need 32 bytes of IVs, got 16"):
+        cipher.convert(bytes(1024), bytearray(1024), bytes(16), 512, True)
+    with pytest.raises(TypeError):
+        cipher.convert(bytes(512), bytes(512), bytes(16), 512, True)  # dst not writable
+
+
+@pytest.mark.parametrize(("prefix", "suffix"), [(b"", b""), (b"salt", b""), (b"", b"salt")])
+@pytest.mark.parametrize("count", [3, 256, 1024])  # inline, and shared by threads
+def test_block_digests_equal_hashlib(prefix: bytes, suffix: bytes, count: int) -> None:
+    data = os.urandom(count * 4096)
+    hasher = BlockHasher("SHA256", prefix, suffix)
+    got = hasher.digests(data, 4096, 1, count)
+    want = b"".join(
+        hashlib.sha256(prefix + data[i * 4096 : (i + 1) * 4096] + suffix).digest()
+        for i in range(1, count)
+    )
+    assert got == want
+    with pytest.raises(ValueError, match="are not in the data"):
+        hasher.digests(data, 4096, 0, count + 1)
+    with pytest.raises(OpenSSLError, match="no such digest"):
+        BlockHasher("NOT-A-HASH", b"", b"")
