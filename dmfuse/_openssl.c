@@ -17,7 +17,9 @@
  *
  * Both are safe to call from several threads at once: each call makes its own context from a
  * keyed/salted template.  Keys are wiped from memory when the object goes away.  Big requests
- * are shared by the calling thread and OpenMP's helper threads (one per core).
+ * are shared by the calling thread and OpenMP's helper threads (one per core).  Helpers must
+ * sleep when idle (OMP_WAIT_POLICY=passive, set by dmfuse/__init__.py): spinning helpers on a
+ * busy machine made the thread that waits for them 10x slower.
  *
  * XTS IV shortcut: re-initialising a context for each unit's IV is 60 ns, 40% of the cost of a
  * 512-byte unit.  OpenSSL's XTS reads the tweak IV from the context's IV buffer on every call
@@ -31,6 +33,7 @@
 #include <Python.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <omp.h>
 #include <openssl/evp.h>
 #include <string.h>
 #include <structmember.h>
@@ -112,9 +115,15 @@ static int UnitCipher_init(UnitCipher *self, PyObject *args, PyObject *kwds) {
 /* Units per scheduling chunk: threads take chunks of this many units in turn, so a thread that
  * starts late (a sleeping core waking up) just takes fewer. */
 #define UNITS_PER_CHUNK 64
-/* Less work than this many bytes is done by the calling thread alone: waking a helper costs
- * more than it saves. */
+/* Threads for a job of this many bytes: one per PARALLEL_MIN_BYTES (waking a helper for less
+ * work costs more than it saves), at most one per core as OpenMP counts them. */
 #define PARALLEL_MIN_BYTES (128 << 10)
+
+static int team_size(Py_ssize_t bytes) {
+    Py_ssize_t wanted = bytes / PARALLEL_MIN_BYTES;
+    int cores = omp_get_max_threads();
+    return wanted < 1 ? 1 : wanted < cores ? (int)wanted : cores;
+}
 
 /* Converts n units on the calling thread and OpenMP's helpers (each with its own copy of the
  * keyed template); returns 1 if all went well.  parallel: whether helpers may be used. */
@@ -122,7 +131,8 @@ static int convert_units(const EVP_CIPHER_CTX *template, const unsigned char *sr
                          unsigned char *dst, const unsigned char *ivs, int iv_len, Py_ssize_t n,
                          int unit, int iv_in_place, int parallel) {
     int ok = 1;
-#pragma omp parallel if (parallel && n * unit >= PARALLEL_MIN_BYTES) shared(ok)
+    int team = parallel ? team_size(n * unit) : 1;
+#pragma omp parallel num_threads(team) if (team > 1) shared(ok)
     {
         EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
         int mine = ctx != NULL && EVP_CIPHER_CTX_copy(ctx, template);
@@ -287,7 +297,8 @@ static int hash_blocks(const EVP_MD_CTX *start, const unsigned char *data, Py_ss
                        Py_ssize_t lo, Py_ssize_t hi, const char *suffix, Py_ssize_t suffix_len,
                        unsigned char *out, int size) {
     int ok = 1;
-#pragma omp parallel if ((hi - lo) * block >= PARALLEL_MIN_BYTES) shared(ok)
+    int team = team_size((hi - lo) * block);
+#pragma omp parallel num_threads(team) if (team > 1) shared(ok)
     {
         EVP_MD_CTX *h = EVP_MD_CTX_new();
         int mine = h != NULL;

@@ -53,4 +53,18 @@ def run_foreground(args: argparse.Namespace) -> int:
             ready(str(exc))
         print(f"dmfuse: mount failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if args.log:
+            _remove_if_empty(args.log)
     return 0
+
+
+def _remove_if_empty(log_file: str) -> None:
+    """A mount that logged nothing leaves no file behind (one per mount point otherwise
+    piles up in the runtime directory)."""
+    logging.shutdown()
+    try:
+        if os.path.getsize(log_file) == 0:
+            os.unlink(log_file)
+    except OSError:
+        pass
