@@ -1,4 +1,4 @@
-"""Sector encryption with OpenSSL (``cryptography``): the kernel's tfm + IV generator pairing.
+"""Sector encryption with OpenSSL (dmfuse._openssl): the kernel's tfm + IV generator pairing.
 
 A :class:`SectorCipher` is built from a parsed :class:`CipherSpec` and the key bytes, and
 encrypts or decrypts whole encryption units (``sector_size`` bytes) in place, each unit with

@@ -13,8 +13,8 @@ Table:   ``<start> <length> crypt <cipher> <key> <iv_offset> <dev> <offset> [<#o
                  ``high_priority``, ``sector_size:<512..4096, power of two>``,
                  ``iv_large_sectors`` (IVs count ``sector_size`` units, not 512-byte sectors)
 Ciphers: AES in ``xts`` (256/512-bit keys), ``cbc``, ``ctr``, ``ecb`` and ``cipher_null-ecb``;
-IV modes ``plain``, ``plain64``, ``plain64be``, ``essiv:<hash>``, ``benbi``, ``null`` (all with
-OpenSSL through ``cryptography``; see :mod:`dmfuse.crypt`).
+IV modes ``plain``, ``plain64``, ``plain64be``, ``essiv:<hash>``, ``benbi``, ``null`` (the
+ciphers are OpenSSL's; see :mod:`dmfuse.crypt.sectors`).
 Mapping: unit ``u`` (``sector_size`` bytes at target byte ``o``) is encrypted with IV sector
   ``o/512 + iv_offset`` (``>> log2(sector_size/512)`` with ``iv_large_sectors``) and stored at
   byte ``offset*512 + o`` of ``dev``.  The device reads and writes whole units (partial ones
@@ -44,14 +44,13 @@ Differences from the kernel:
   request buffer holds as the IV, which cannot be reproduced.
 * Other ciphers the kernel has (serpent, twofish, lrw, ...) are refused as it refuses an
   algorithm it lacks (``Error allocating crypto tfm``, ENOENT).
-* The device-lookup error of a missing file is EINVAL (the kernel's is ENOENT).
-Checked against Linux 6.12 in the VM: every constructor case of ``crypt-behaviour.sh`` (error
-text and errno, table and status strings; ``tests/unit/test_crypt_vectors.py``) and the
-ciphertext of 42 cipher/IV/unit-size cases, byte for byte.
 * The ``same_cpu_crypt``/``*_workqueue``/``high_priority`` options only tune the kernel's
   threads; they are accepted and echoed, and change nothing here.
 * A misaligned unit reaching the target (only possible from a stacked device) fails with EIO,
   like the kernel's DM_MAPIO_KILL; the device file itself read-modify-writes partial units.
+Checked against Linux 6.12 in the VM: every constructor case of ``crypt-behaviour.sh`` (error
+text and errno, table and status strings; ``tests/unit/test_crypt_vectors.py``) and the
+ciphertext of 42 cipher/IV/unit-size cases, byte for byte.
 
 Keys stay out of logs and error messages (no message quotes a key).  A table file written
 back by the daemon holds the key (mode 0600, like the kernel's table); to keep a key out of
@@ -270,7 +269,7 @@ class Crypt(Target):
     async def _convert(
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
     ) -> None:
-        """``src`` -> ``dst``; OpenSSL on both cores without the GIL (:mod:`dmfuse._openssl`).
+        """``src`` -> ``dst``; OpenSSL on all cores without the GIL (:mod:`dmfuse._openssl`).
         A very large request is converted on a worker thread, so other I/O does not wait."""
         if len(src) >= self.THREAD_MIN:
             convert = self.cipher.convert
