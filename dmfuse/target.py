@@ -5,6 +5,8 @@ what it can take (``limits``); ``construct`` parses the argument vector and open
 sits on, raising :class:`TableError` naming the problem exactly like a kernel constructor setting
 ``ti->error``.  I/O methods get *target-relative* byte ranges that the dispatcher already checked
 and split (never crossing the target's end or ``io_boundary``), so targets never re-validate.
+A target that maps by the *device's* sector, as some kernel targets do (log-writes, snapshot),
+adds ``begin``: where its table line starts, in bytes (the kernel's ``ti->begin``).
 
 ``status`` is the kernel's STATUSTYPE_INFO string, ``table`` its STATUSTYPE_TABLE string (which
 must feed back into ``load`` unchanged).
@@ -74,7 +76,14 @@ class Flushed:
 
 
 class Target(abc.ABC):
-    """Base class: one mapped segment.  ``length`` is in bytes."""
+    """Base class: one mapped segment.  ``length`` is in bytes.
+
+    ``begin`` is where the table line starts in the device, in bytes (the kernel's
+    ``ti->begin``); the table builder sets it after ``construct``, so it is 0 inside the
+    constructor and for a target built by hand.  I/O offsets are ``begin``-relative; adding
+    ``begin`` gives the device offset, which is what the kernel's ``bio->bi_iter.bi_sector``
+    holds when a target's ``map`` sees it.
+    """
 
     name: ClassVar[str]
     version: ClassVar[tuple[int, int, int]]
@@ -86,9 +95,29 @@ class Target(abc.ABC):
     wildcard: ClassVar[bool] = False
     limits: Limits = Limits()
 
+    begin: int = 0
+
     def __init__(self, length: int) -> None:
         self.length = length
         self.on_event: Callable[[], None] = _no_event
+
+    def device_offset(self, backend: Backend, offset: int, length: int) -> int:
+        """``begin + offset``: where I/O lands on ``backend`` for a target that keeps the
+        device's sector (the kernel targets whose ``map`` only calls ``bio_set_dev``).
+
+        Resume checked only ``[0, length)`` of ``backend``, as the kernel's ``iterate_devices``
+        of those targets asks, so I/O reaching past ``length`` is checked against the
+        backend's size here, like the block layer's ``bio_check_eod``: EIO.
+        """
+        at = self.begin + offset
+        if at + length > self.length:
+            size = backend.size()
+            if at + length > size:
+                raise IOFailure(
+                    f"{backend.display}: attempt to access beyond end of device: "
+                    f"sector={at // 512}, nr_sectors = {length // 512} limit={size // 512}"
+                )
+        return at
 
     def raise_event(self) -> None:
         """A dm table event (snapshot invalidated, pool low on space...): bumps ``event_nr``.

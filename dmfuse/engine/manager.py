@@ -120,12 +120,14 @@ class Manager:
                         "appear alone in table"
                     )
                 try:
-                    built.append(await cls.construct(opener, line.length * SECTOR_SIZE, line.args))
+                    target = await cls.construct(opener, line.length * SECTOR_SIZE, line.args)
                 except DmError as exc:
                     # keep the constructor's errno (the kernel returns the ctr's error code)
                     raise TableError(
                         f"line {line.lineno}: {line.target_type}: {exc}", exc.errno
                     ) from None
+                target.begin = line.start * SECTOR_SIZE
+                built.append(target)
         except BaseException:
             for target in built:
                 await target.destroy()

@@ -24,6 +24,12 @@ The super block's ``nr_entries`` is only rewritten on a MARK or FUA entry, as in
 reader of a live log sees entries up to the last mark.  Reads pass through and are not logged.
 Write-zeroes is written (and logged) as zero-filled writes, as the kernel's fallback does.
 
+Sectors are the mapped device's, as in the kernel: a line starting at sector ``start`` sends
+I/O for device sector ``s`` to sector ``s`` of ``dev`` (not ``s - start``) and logs ``s``.
+The table check only asks ``dev`` for ``length`` sectors (the kernel's ``iterate_devices``),
+so I/O that reaches past the end of ``dev`` fails with EIO, as the block layer fails it
+(checked in the kernel VM with a line at 2048: same data and log bytes, same EIO).
+
 Checked against the kernel (tests/data/kernel, recorded in the kernel VM): for the same
 O_DIRECT writes, fsyncs, discard and marks the log is byte-for-byte the kernel's; ctr/message
 errors and status/table strings are the kernel's.
@@ -42,8 +48,6 @@ Differences from the kernel:
   The METADATA flag is never set (FUSE does not carry REQ_META).
 * Table/status print files as paths (the kernel prints MAJOR:MINOR), like every dmfuse target.
 * The log sector size is always 512 (the kernel uses ``dev``'s logical block size).
-* Sector numbers are relative to the target's start (the kernel logs the mapped device's
-  sector and also sends I/O there); they are the same for the usual ``0 N log-writes`` table.
 * A write or flush that fails on ``dev`` is not logged (the kernel logs it anyway).
 * The log is written in order before the flush completes (the kernel writes it from a thread,
   after completing the flush); so after an fsync returns, the log on disk shows it.
@@ -106,17 +110,21 @@ class LogWrites(Target):
         return cls(length, dev, log_dev)
 
     # -- I/O ---------------------------------------------------------------------------------
+    # The kernel's log_writes_map only calls bio_set_dev: ``dev`` gets the mapped device's own
+    # sector (no ``ti->begin`` subtracted), and the log entry records that same sector.
     async def read(self, offset: int, buf: memoryview) -> None:
-        await self.dev.read(offset, buf)
+        await self.dev.read(self.device_offset(self.dev, offset, len(buf)), buf)
 
     async def write(self, offset: int, data: memoryview) -> None:
-        await self.dev.write(offset, data)
-        entry = fmt.Entry(sector=offset // SECTOR, nr_sectors=len(data) // SECTOR, flags=0)
+        at = self.device_offset(self.dev, offset, len(data))
+        await self.dev.write(at, data)
+        entry = fmt.Entry(sector=at // SECTOR, nr_sectors=len(data) // SECTOR, flags=0)
         self.unflushed.append((entry, bytes(data)))
 
     async def discard(self, offset: int, length: int) -> None:
-        await self.dev.discard(offset, length)
-        entry = fmt.Entry(sector=offset // SECTOR, nr_sectors=length // SECTOR, flags=fmt.DISCARD)
+        at = self.device_offset(self.dev, offset, length)
+        await self.dev.discard(at, length)
+        entry = fmt.Entry(sector=at // SECTOR, nr_sectors=length // SECTOR, flags=fmt.DISCARD)
         self.unflushed.append((entry, b""))
 
     async def flush(self, flushed: Flushed) -> None:
