@@ -17,9 +17,8 @@
  *
  * Both are safe to call from several threads at once: each call makes its own context from a
  * keyed/salted template.  Keys are wiped from memory when the object goes away.  Big requests
- * are shared by the calling thread and OpenMP's helper threads (one per core).  Helpers must
- * sleep when idle (OMP_WAIT_POLICY=passive, set by dmfuse/__init__.py): spinning helpers on a
- * busy machine made the thread that waits for them 10x slower.
+ * are shared by the calling thread and OpenMP's helper threads (one per core), unless helpers
+ * have lately been late (another process busy on their core: see note_wait).
  *
  * XTS IV shortcut: re-initialising a context for each unit's IV is 60 ns, 40% of the cost of a
  * 512-byte unit.  OpenSSL's XTS reads the tweak IV from the context's IV buffer on every call
@@ -37,6 +36,7 @@
 #include <openssl/evp.h>
 #include <string.h>
 #include <structmember.h>
+#include <time.h>
 
 static PyObject *OpenSSLError;
 
@@ -116,13 +116,41 @@ static int UnitCipher_init(UnitCipher *self, PyObject *args, PyObject *kwds) {
  * starts late (a sleeping core waking up) just takes fewer. */
 #define UNITS_PER_CHUNK 64
 /* Threads for a job of this many bytes: one per PARALLEL_MIN_BYTES (waking a helper for less
- * work costs more than it saves), at most one per core as OpenMP counts them. */
+ * work costs more than it saves), at most one per core as OpenMP counts them, and just the
+ * calling thread while helpers are being late (see note_wait). */
 #define PARALLEL_MIN_BYTES (128 << 10)
+/* The calling thread waiting this long for helpers after its own share means a helper was
+ * descheduled in the middle of a chunk (another process wants that core): the next SOLO_JOBS
+ * jobs then run on the calling thread alone, then helpers are tried again.  Measured on the
+ * shared 2-vCPU machine with a busy process on the other core: 1 MiB of XTS took 5.5 ms with
+ * helpers instead of 0.23 ms alone.  Waking sleeping helpers instead (OMP_WAIT_POLICY=passive)
+ * avoids that but costs a wakeup per job, which ate most of the gain on an idle machine. */
+#define STALL_NS 200000
+#define SOLO_JOBS 256
+static int solo_jobs_left; /* shared by all threads: __atomic builtins */
 
 static int team_size(Py_ssize_t bytes) {
     Py_ssize_t wanted = bytes / PARALLEL_MIN_BYTES;
+    if (wanted < 2)
+        return 1;
+    if (__atomic_load_n(&solo_jobs_left, __ATOMIC_RELAXED) > 0) {
+        __atomic_fetch_sub(&solo_jobs_left, 1, __ATOMIC_RELAXED);
+        return 1;
+    }
     int cores = omp_get_max_threads();
-    return wanted < 1 ? 1 : wanted < cores ? (int)wanted : cores;
+    return wanted < cores ? (int)wanted : cores;
+}
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* After a parallel job: own_done is when the calling thread ran out of work. */
+static void note_wait(int team, long long own_done) {
+    if (team > 1 && now_ns() - own_done > STALL_NS)
+        __atomic_store_n(&solo_jobs_left, SOLO_JOBS, __ATOMIC_RELAXED);
 }
 
 /* Converts n units on the calling thread and OpenMP's helpers (each with its own copy of the
@@ -132,7 +160,8 @@ static int convert_units(const EVP_CIPHER_CTX *template, const unsigned char *sr
                          int unit, int iv_in_place, int parallel) {
     int ok = 1;
     int team = parallel ? team_size(n * unit) : 1;
-#pragma omp parallel num_threads(team) if (team > 1) shared(ok)
+    long long own_done = 0;
+#pragma omp parallel num_threads(team) if (team > 1) shared(ok, own_done)
     {
         EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
         int mine = ctx != NULL && EVP_CIPHER_CTX_copy(ctx, template);
@@ -141,7 +170,7 @@ static int convert_units(const EVP_CIPHER_CTX *template, const unsigned char *sr
             mine = EVP_CipherInit_ex2(ctx, NULL, NULL, ivs, -1, NULL) &&
                    (live = EVP_CIPHER_CTX_iv_noconst(ctx)) != NULL;
         }
-#pragma omp for schedule(dynamic, UNITS_PER_CHUNK)
+#pragma omp for schedule(dynamic, UNITS_PER_CHUNK) nowait
         for (Py_ssize_t i = 0; i < n; i++) {
             const unsigned char *in = src + i * unit;
             unsigned char *out = dst + i * unit;
@@ -157,12 +186,15 @@ static int convert_units(const EVP_CIPHER_CTX *template, const unsigned char *sr
                 mine = EVP_CipherUpdate(ctx, out, &done, in, unit) && done == unit;
             }
         }
+        if (omp_get_thread_num() == 0)
+            own_done = now_ns();
         EVP_CIPHER_CTX_free(ctx);
         if (!mine) {
 #pragma omp atomic write
             ok = 0;
         }
     }
+    note_wait(team, own_done);
     return ok;
 }
 
@@ -298,11 +330,12 @@ static int hash_blocks(const EVP_MD_CTX *start, const unsigned char *data, Py_ss
                        unsigned char *out, int size) {
     int ok = 1;
     int team = team_size((hi - lo) * block);
-#pragma omp parallel num_threads(team) if (team > 1) shared(ok)
+    long long own_done = 0;
+#pragma omp parallel num_threads(team) if (team > 1) shared(ok, own_done)
     {
         EVP_MD_CTX *h = EVP_MD_CTX_new();
         int mine = h != NULL;
-#pragma omp for schedule(dynamic, BLOCKS_PER_CHUNK)
+#pragma omp for schedule(dynamic, BLOCKS_PER_CHUNK) nowait
         for (Py_ssize_t i = lo; i < hi; i++) {
             unsigned int got;
             if (mine)
@@ -311,12 +344,15 @@ static int hash_blocks(const EVP_MD_CTX *start, const unsigned char *data, Py_ss
                        (suffix_len == 0 || EVP_DigestUpdate(h, suffix, suffix_len)) &&
                        EVP_DigestFinal_ex(h, out + (i - lo) * size, &got);
         }
+        if (omp_get_thread_num() == 0)
+            own_done = now_ns();
         EVP_MD_CTX_free(h);
         if (!mine) {
 #pragma omp atomic write
             ok = 0;
         }
     }
+    note_wait(team, own_done);
     return ok;
 }
 
