@@ -57,35 +57,34 @@ back by the daemon holds the key (mode 0600, like the kernel's table); to keep a
 process arguments load tables from a file or stdin rather than ``--table``.  ``key set``
 takes the key as a message argument, as ``dmsetup message`` does.
 
-Speed.  A request is converted as a whole, with public ``cryptography`` calls only
-(:mod:`dmfuse.crypt.batched`): XTS is built by hand from one AES-ECB call for the tweak seeds,
-the block tweaks ``T0 * alpha^j`` computed with numpy, and one AES-ECB call over the whole
-buffer; CBC decryption and CTR are one ECB call plus numpy; CBC encryption is one ECB call per
-block column across all units.  Small requests go to one public OpenSSL context per unit,
-which is cheaper there (XTS below 8 KiB of 512-byte units / 256 KiB of 4096-byte units, CBC
-encryption below 16 KiB / 1 MiB).  Per MiB of 512-byte units on this machine: XTS
-~0.6-0.75 ms (the tweaks ~0.45 ms, AES ~0.14 ms), CBC decrypt ~0.3 ms, CTR ~0.35 ms, CBC
-encrypt ~0.95 ms.  ``bench/crypt.sh`` (fio, 1M sequential, O_DIRECT, one warm LUKS1
-container behind every device, 2 shared CPUs, load 3.1-3.8 with another engineer's
-benchmark running), MiB/s:
+Speed.  A request is converted by one call into :mod:`dmfuse._openssl`: OpenSSL's own
+XTS/CBC/CTR/ECB applied unit by unit in C, without the GIL, the units shared by the calling
+thread and an OpenMP helper per core (big requests), falling back to the calling thread alone
+for a while whenever a helper turns out to be descheduled (a busy machine).  XTS units take
+their IV in place (checked at start-up against OpenSSL's documented per-unit re-init).  Per
+MiB on this machine: XTS 512-byte units ~0.23 ms on one core, ~0.12 ms on two (4096-byte units
+0.17 / 0.08 ms); the cost left is OpenSSL's per-call work, 2048 calls per MiB.  Writes encrypt
+into reused scratch buffers (a fresh zeroed megabyte per write cost a third of the time).
+``bench/crypt.sh`` (fio, 1M sequential, O_DIRECT, one warm LUKS1 container behind every
+device, 2 shared vCPUs, load average 1.5-2.2 with the benchmark itself), MiB/s:
 
     ==========================  ========  =========  =========  ==========
     device                      read QD1  read QD16  write QD1  write QD16
     ==========================  ========  =========  =========  ==========
-    linear                      3634      3836       3257       2666
-    crypt aes-xts-plain64       985       968        866        805
-     + sector_size:4096         868       861        747        731
-    qemu-storage-daemon LUKS    330       334        372        380
+    linear                      3408      3450       2459       2635
+    crypt aes-xts-plain64       2547      2218       1739       1654
+     + sector_size:4096         2500      2533       1907       1745
+    qemu-storage-daemon LUKS    311       358        361        398
     ==========================  ========  =========  =========  ==========
 
-That is 0.25-0.30x linear with 512-byte units (was 0.03-0.07x with one OpenSSL context per
-unit) and 2.1-3x qemu's LUKS driver; the issue's 0.7x linear is not reached: a FUSE request
-is at most 1 MiB and its ~0.7 ms of conversion is serial with its I/O.  Requests of at least
+That is 0.64-0.75x linear with 512-byte units (0.66-0.78x with 4096) and 4-8x qemu's LUKS
+driver; the issue's 0.7x is met by QD1 reads and writes and missed at QD16 (0.63-0.64x).  The
+previous numpy-batched version gave 0.25-0.30x.  Why not more on two vCPUs: linear itself
+keeps one core busy with FUSE and the page cache (~0.28 ms per MiB), and conversion (0.12 ms
+on both cores) comes on top of it for every request.  Requests of at least
 ``Crypt.THREAD_MIN`` (2 MiB: only engine-level callers, FUSE sends at most 1 MiB) are
-converted in a worker thread so that smaller I/O is not queued behind a long conversion
-(``test_big_encryption_does_not_hold_up_small_io``); for FUSE-sized requests inline measured
-20-50% faster than the thread hop (the GIL is held for part of the work, so a second thread
-gained little: 1 MiB XTS in two threads at once measured 1.25x one thread on an idle core).
+converted on a worker thread so that smaller I/O is not queued behind a long conversion
+(``test_big_encryption_does_not_hold_up_small_io``).
 """
 
 from __future__ import annotations

@@ -67,25 +67,22 @@ guards against data changing under DMA); no uevent on corruption; a message gets
 engine's generic refusal (the kernel: "Target type does not support messages").
 
 Speed (``bench/verity.sh``: fio 1M sequential reads, O_DIRECT, through one mount, 256 MiB of
-data, 4K blocks, sha256, warm page cache; 2 shared vCPUs, load average 2-4 from other jobs;
-two rounds of 8 s, same conditions for both rows):
-  linear 3200-3800 MB/s at QD1, 2900-3700 MB/s at QD16;
-  verity 950-965 MB/s at psync QD1 (0.27x), 930-990 MB/s at libaio QD16 (0.29x);
-  the previous code (two ``trio.to_thread`` slices per big read): 745-780 and 655-665 MB/s;
-  with ``check_at_most_once``, once every block was checked, 0.9-1.0x of linear.
-  In-process (engine, no FUSE, 32 MiB, 1M reads): linear 120 us/MiB, verity 890 us/MiB
-  (previous code 1170 us/MiB).
-The issue's goal of 0.7x is NOT met and cannot be with one core's hashing: sha256 of 1 MiB in
-4K blocks costs 725 us here (OpenSSL with SHA-NI; 578 us as one buffer: the rest is the
-per-block call), more than twice a whole linear request (~0.3 ms).  What is done: a
-request's expected digests are sliced out of the cached level-0 hash blocks at once and
-compared as one string; blocks are hashed in a loop without a Python call per block; the
-salted state is copied, not rebuilt.  Two cores: hashlib drops the GIL while it hashes, so
-big reads (>= 64 KiB) can be hashed by the trio thread and one worker thread together
-(:class:`Pace`), but it takes the GIL back after each 4K block and on this VM a handoff to a
-sleeping thread often costs more than the block (split 1.5x faster when the vCPUs were busy,
-1.4x slower when idle); the target times both ways and uses the faster.  The data is read
-with one ``preadv`` per request; hash blocks are read one by one, but only on a cache miss.
+data, 4K blocks, sha256, warm page cache; 2 shared vCPUs):
+  linear 2900-4400 MB/s (QD1 and QD16);
+  verity 1120-1220 MB/s at psync QD1 (0.28-0.42x), 1095-1155 MB/s at libaio QD16 (0.31-0.32x)
+  (before dmfuse._openssl: 950-965 and 930-990 MB/s; before that 745-780 and 655-665);
+  with ``check_at_most_once``, once every block was checked, 0.85-1.0x of linear.
+  In-process (engine, no FUSE, 32 MiB, 1M reads): linear 131 us/MiB, verity 482 us/MiB on two
+  cores, 753 us/MiB on one (before dmfuse._openssl: 890).
+How: a request's expected digests are sliced out of the cached, verified level-0 hash blocks
+at once and compared with the computed ones as one string; the blocks are hashed by OpenSSL in
+C without the GIL (:class:`dmfuse._openssl.BlockHasher`, the salted state copied per block),
+shared by the calling thread and a helper per core.  The data is read with one ``preadv`` per
+request; hash blocks are read one by one, but only on a cache miss.
+The issue's goal of 0.7x is NOT met, and cannot be on two vCPUs: sha256 with SHA-NI hashes
+~1.7 GB/s per core (``openssl speed``; 0.6 ms per MiB in 4K blocks), so 0.7x of linear
+(2.5-3 GB/s) would need 1.5-1.8 cores for hashing alone, while the linear path it adds to
+already keeps one core busy.  What reaches it is ``check_at_most_once``.
 """
 
 from __future__ import annotations
@@ -391,14 +388,16 @@ class Verity(Target):
 
     def _check(self, buf: memoryview, wants: list[bytes | None]) -> list[int]:
         """Indexes of the blocks whose digest differs from ``wants`` (None: not checked)."""
-        bs = self.geometry.data_block_size
+        bs, dsz = self.geometry.data_block_size, self.geometry.digest_size
+        if None not in wants:  # every block: hashed in one call, as on the packed path
+            got = self._digests(buf, bs, 0, len(wants))
+            return [i for i, want in enumerate(wants) if got[i * dsz : (i + 1) * dsz] != want]
         digest = self._digest
-        bad = []
-        for i in range(len(wants)):
-            want = wants[i]
-            if want is not None and digest(buf[i * bs : (i + 1) * bs]) != want:
-                bad.append(i)
-        return bad
+        return [
+            i
+            for i, want in enumerate(wants)
+            if want is not None and digest(buf[i * bs : (i + 1) * bs]) != want
+        ]
 
     async def _want(self, block: int) -> bytes:
         """The verified digest of data ``block`` (verity_hash_for_block)."""
