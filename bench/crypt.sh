@@ -12,12 +12,13 @@
 # psync QD1 and libaio QD16 reads then writes; prints MiB/s and the load average per job.
 # Everything lives in bench/work/crypt/ (gitignored); mount and daemon are removed on exit.
 #
-# Last run (batched public-API cipher, 2 shared CPUs, load 3.1-3.8), MiB/s:
-#   device      read QD1  read QD16  write QD1  write QD16
-#   linl          3634      3836       3257       2666
-#   cryl           985       968        866        805   (was 145 130 118 97: per-unit contexts)
-#   cry4k          868       861        747        731   (was 479 603 383 427)
-#   qsd            330       334        372        380
+# Last runs (2026-11-29 07:26 and 07:36 UTC, dmfuse._openssl: OpenSSL per unit in C on both
+# cores; 2 shared CPUs, load 0.8-2.4 with the benchmark itself), MiB/s:
+#   device      read QD1   read QD16  write QD1  write QD16
+#   linl        2992-3408  3450-3547  2301-2459  2477-2635
+#   cryl        2008-2547  2037-2218  1611-1739  1589-1654   (numpy-batched: 985 968 866 805)
+#   cry4k       2408-2500  2200-2533  1881-1907  1745-1753   (numpy-batched: 868 861 747 731)
+#   qsd          311-312    358-367    361-366    398-406
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"

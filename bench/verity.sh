@@ -10,13 +10,13 @@
 # that outside load hits them alike.  Prints MB/s per job and the verity/linear ratios.
 # Everything lives in bench/work/verity/ (gitignored); the mount is removed on exit.
 #
-# Last run (2026-11-29, defaults, 2 shared vCPUs, load 2-4 from other jobs):
-#   lin   psync QD1 3220-3782 MB/s   libaio QD16 3183-3539 MB/s
-#   ver   psync QD1  950-964  MB/s   libaio QD16  929-990  MB/s   -> 0.27x / 0.29x
-#   once  psync QD1 3238-3726 MB/s   libaio QD16 2934-3160 MB/s   -> 0.99x / 0.91x
-# (verity before the packed compare / Pace change, same conditions: 744-782 and 653-666 MB/s.)
-# verity is bound by sha256 on one core (~0.73 ms per MiB in 4K blocks); see the man page in
-# dmfuse/targets/verity.py for why 0.7x of linear is out of reach here.
+# Last run (2026-11-29 07:40 UTC, defaults, 2 shared vCPUs, load 1.1-1.9 with the benchmark):
+#   lin   psync QD1 3012-3163 MB/s   libaio QD16 3710-3723 MB/s
+#   ver   psync QD1 1401-1645 MB/s   libaio QD16 1314-1325 MB/s   -> 0.49x / 0.36x
+#   once  psync QD1 3198-3313 MB/s   libaio QD16 3623-3950 MB/s   -> 1.05x / 1.02x
+# (before dmfuse._openssl, load 2-4: verity 950-964 / 929-990 MB/s, 0.27x / 0.29x.)
+# verity is bound by sha256 (SHA-NI, ~0.6 ms per MiB in 4K blocks on one core, shared by both
+# cores); see the man page in dmfuse/targets/verity.py for why 0.7x of linear is out of reach.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"

@@ -68,10 +68,12 @@ engine's generic refusal (the kernel: "Target type does not support messages").
 
 Speed (``bench/verity.sh``: fio 1M sequential reads, O_DIRECT, through one mount, 256 MiB of
 data, 4K blocks, sha256, warm page cache; 2 shared vCPUs):
-  linear 2900-4400 MB/s (QD1 and QD16);
-  verity 1120-1220 MB/s at psync QD1 (0.28-0.42x), 1095-1155 MB/s at libaio QD16 (0.31-0.32x)
-  (before dmfuse._openssl: 950-965 and 930-990 MB/s; before that 745-780 and 655-665);
-  with ``check_at_most_once``, once every block was checked, 0.85-1.0x of linear.
+  linear 3010-3160 MB/s at psync QD1, 3710-3720 MB/s at libaio QD16 (07:40 UTC, two rounds,
+  load average 1.1-1.9 with the benchmark itself);
+  verity 1400-1645 MB/s at QD1 (0.46-0.52x), 1315-1325 MB/s at QD16 (0.35-0.36x); runs with
+  another job busy on the second vCPU: 1120-1220 MB/s (the helpers stand down, one core);
+  before dmfuse._openssl: 950-965 and 930-990 MB/s, before that 745-780 and 655-665;
+  with ``check_at_most_once``, once every block was checked, 1.0-1.05x of linear.
   In-process (engine, no FUSE, 32 MiB, 1M reads): linear 131 us/MiB, verity 482 us/MiB on two
   cores, 753 us/MiB on one (before dmfuse._openssl: 890).
 How: a request's expected digests are sliced out of the cached, verified level-0 hash blocks
