@@ -30,9 +30,9 @@
 #define OPENSSL_SUPPRESS_DEPRECATED
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <omp.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
-#include <omp.h>
 #include <openssl/evp.h>
 #include <string.h>
 #include <structmember.h>
@@ -85,6 +85,10 @@ static int UnitCipher_init(UnitCipher *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"name", "key", NULL};
     const char *name;
     Py_buffer key;
+    if (self->cipher != NULL) {
+        PyErr_SetString(PyExc_TypeError, "UnitCipher is already initialised");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "sy*", kwlist, &name, &key))
         return -1;
     int ok = 0;
@@ -230,7 +234,9 @@ static PyObject *UnitCipher_convert(UnitCipher *self, PyObject *args, PyObject *
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = unit > 0 ? src.len / unit : 0;
-    if (unit <= 0 || unit % self->block || src.len % unit) {
+    if (self->decrypt == NULL) {
+        PyErr_SetString(PyExc_TypeError, "UnitCipher is not initialised");
+    } else if (unit <= 0 || unit % self->block || src.len % unit) {
         PyErr_Format(PyExc_ValueError, "%zd bytes are not whole %d-byte units", src.len, unit);
     } else if (dst.len != src.len) {
         PyErr_SetString(PyExc_ValueError, "src and dst differ in length");
@@ -300,6 +306,10 @@ static int BlockHasher_init(BlockHasher *self, PyObject *args, PyObject *kwds) {
     const char *name;
     Py_buffer prefix;
     PyObject *suffix;
+    if (self->md != NULL) {
+        PyErr_SetString(PyExc_TypeError, "BlockHasher is already initialised");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "sy*S", kwlist, &name, &prefix, &suffix))
         return -1;
     int ok = 0;
@@ -363,7 +373,9 @@ static PyObject *BlockHasher_digests(BlockHasher *self, PyObject *args, PyObject
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*nnn", kwlist, &data, &block, &lo, &hi))
         return NULL;
     PyObject *out = NULL;
-    if (block <= 0 || lo < 0 || hi < lo || hi > data.len / block) {
+    if (self->suffix == NULL) {
+        PyErr_SetString(PyExc_TypeError, "BlockHasher is not initialised");
+    } else if (block <= 0 || lo < 0 || hi < lo || hi > data.len / block) {
         PyErr_Format(PyExc_ValueError, "blocks [%zd, %zd) of %zd bytes are not in the data", lo,
                      hi, block);
     } else if ((out = PyBytes_FromStringAndSize(NULL, (hi - lo) * self->size)) != NULL) {

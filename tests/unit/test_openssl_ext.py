@@ -75,6 +75,13 @@ def test_bad_arguments_are_refused() -> None:
         cipher.convert(bytes(1024), bytearray(1024), bytes(16), 512, True)
     with pytest.raises(TypeError):
         cipher.convert(bytes(512), bytes(512), bytes(16), 512, True)  # dst not writable
+    with pytest.raises(TypeError, match="already initialised"):
+        cipher.__init__("AES-128-CBC", bytes(16))  # type: ignore[misc]
+    bare = UnitCipher.__new__(UnitCipher)  # never initialised: refused, not a crash
+    with pytest.raises(TypeError, match="not initialised"):
+        bare.convert(bytes(512), bytearray(512), bytes(16), 512, True)
+    with pytest.raises(TypeError, match="not initialised"):
+        BlockHasher.__new__(BlockHasher).digests(bytes(4096), 4096, 0, 1)
 
 
 @pytest.mark.parametrize(("prefix", "suffix"), [(b"", b""), (b"salt", b""), (b"", b"salt")])
