@@ -11,6 +11,8 @@
  *     .convert(src, dst, ivs, unit, encrypt)
  *                                    unit i of src -> unit i of dst (dst may be src), with
  *                                    IV ivs[i*iv_len : (i+1)*iv_len]; no padding
+ *     .start(...) -> ConvertJob      the same on the converter thread; job.fd (an eventfd)
+ *                                    turns readable when done, then job.finish()
  *   BlockHasher(name, prefix, suffix)
  *     .digests(data, block, lo, hi)  H(prefix || block_i || suffix) for blocks [lo, hi),
  *                                    back to back (dm-verity's salting: v1 prefix, v0 suffix)
@@ -34,9 +36,14 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <string.h>
 #include <structmember.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 static PyObject *OpenSSLError;
 
@@ -225,45 +232,229 @@ static int iv_in_place_works(UnitCipher *self) {
     return 1;
 }
 
-static PyObject *UnitCipher_convert(UnitCipher *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"src", "dst", "ivs", "unit", "encrypt", NULL};
+/* A conversion's arguments, checked; the buffers are held until released. */
+typedef struct {
     Py_buffer src, dst, ivs;
+    Py_ssize_t n;
     int unit, encrypt;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*w*y*ip", kwlist, &src, &dst, &ivs, &unit,
-                                     &encrypt))
-        return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t n = unit > 0 ? src.len / unit : 0;
+} Request;
+
+static int parse_request(UnitCipher *self, PyObject *args, PyObject *kwds, Request *r) {
+    static char *kwlist[] = {"src", "dst", "ivs", "unit", "encrypt", NULL};
     if (self->decrypt == NULL) {
         PyErr_SetString(PyExc_TypeError, "UnitCipher is not initialised");
-    } else if (unit <= 0 || unit % self->block || src.len % unit) {
-        PyErr_Format(PyExc_ValueError, "%zd bytes are not whole %d-byte units", src.len, unit);
-    } else if (dst.len != src.len) {
-        PyErr_SetString(PyExc_ValueError, "src and dst differ in length");
-    } else if (ivs.len != n * self->iv_len) {
-        PyErr_Format(PyExc_ValueError, "need %zd bytes of IVs, got %zd", n * self->iv_len,
-                     ivs.len);
-    } else {
-        int ok;
-        const EVP_CIPHER_CTX *template = encrypt ? self->encrypt : self->decrypt;
-        Py_BEGIN_ALLOW_THREADS
-        ok = convert_units(template, src.buf, dst.buf, ivs.buf, self->iv_len, n, unit,
-                           self->iv_in_place, 1);
-        Py_END_ALLOW_THREADS
-        if (!ok)
-            set_openssl_error("conversion failed");
-        else
-            result = Py_NewRef(Py_None);
+        return -1;
     }
-    PyBuffer_Release(&src);
-    PyBuffer_Release(&dst);
-    PyBuffer_Release(&ivs);
-    return result;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*w*y*ip", kwlist, &r->src, &r->dst, &r->ivs,
+                                     &r->unit, &r->encrypt))
+        return -1;
+    r->n = r->unit > 0 ? r->src.len / r->unit : 0;
+    if (r->unit <= 0 || r->unit % self->block || r->src.len % r->unit) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes are not whole %d-byte units", r->src.len,
+                     r->unit);
+    } else if (r->dst.len != r->src.len) {
+        PyErr_SetString(PyExc_ValueError, "src and dst differ in length");
+    } else if (r->ivs.len != r->n * self->iv_len) {
+        PyErr_Format(PyExc_ValueError, "need %zd bytes of IVs, got %zd", r->n * self->iv_len,
+                     r->ivs.len);
+    } else {
+        return 0;
+    }
+    PyBuffer_Release(&r->src);
+    PyBuffer_Release(&r->dst);
+    PyBuffer_Release(&r->ivs);
+    return -1;
+}
+
+static int run_request(UnitCipher *self, Request *r, int parallel) {
+    const EVP_CIPHER_CTX *template = r->encrypt ? self->encrypt : self->decrypt;
+    return convert_units(template, r->src.buf, r->dst.buf, r->ivs.buf, self->iv_len, r->n,
+                         r->unit, self->iv_in_place, parallel);
+}
+
+static PyObject *UnitCipher_convert(UnitCipher *self, PyObject *args, PyObject *kwds) {
+    Request r;
+    int ok;
+    if (parse_request(self, args, kwds, &r) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ok = run_request(self, &r, 1);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&r.src);
+    PyBuffer_Release(&r.dst);
+    PyBuffer_Release(&r.ivs);
+    if (!ok)
+        return set_openssl_error("conversion failed");
+    Py_RETURN_NONE;
+}
+
+/* ---- ConvertJob: a conversion on the converter thread ---------------------------------- */
+/* One converter thread, started on first use, takes jobs in order and converts each on that
+ * thread alone; when a job is done its eventfd becomes readable (the caller waits for that in
+ * its event loop, so it can serve other requests meanwhile).  The thread never touches Python
+ * objects: the job holds the buffers and the cipher until it is finished or deallocated, and a
+ * job is never freed while the thread may still use it (dealloc waits for "done"). */
+
+typedef struct ConvertJob {
+    PyObject_HEAD
+    UnitCipher *cipher; /* strong reference while the job lives */
+    Request request;
+    int fd;     /* eventfd: readable when done; -1 once finished */
+    int queued; /* handed to the converter thread */
+    int done;   /* set by the converter thread under queue_lock, after its last use */
+    int ok;
+    struct ConvertJob *next;
+} ConvertJob;
+
+static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t queue_changed = PTHREAD_COND_INITIALIZER;
+static ConvertJob *queue_head, *queue_tail;
+static int converter_started;
+
+static void *converter_main(void *unused) {
+    (void)unused;
+    for (;;) {
+        pthread_mutex_lock(&queue_lock);
+        while (queue_head == NULL)
+            pthread_cond_wait(&queue_changed, &queue_lock);
+        ConvertJob *job = queue_head;
+        queue_head = job->next;
+        if (queue_head == NULL)
+            queue_tail = NULL;
+        pthread_mutex_unlock(&queue_lock);
+
+        int ok = run_request(job->cipher, &job->request, 0);
+        ERR_clear_error(); /* this thread's queue: the caller reports a generic failure */
+        pthread_mutex_lock(&queue_lock);
+        job->ok = ok;
+        job->done = 1;
+        uint64_t one = 1;
+        ssize_t written = write(job->fd, &one, sizeof one); /* eventfd: cannot fail here */
+        (void)written;
+        pthread_cond_broadcast(&queue_changed);
+        pthread_mutex_unlock(&queue_lock);
+    }
+    return NULL;
+}
+
+static void release_job(ConvertJob *job) {
+    if (job->cipher == NULL)
+        return;
+    PyBuffer_Release(&job->request.src);
+    PyBuffer_Release(&job->request.dst);
+    PyBuffer_Release(&job->request.ivs);
+    Py_CLEAR(job->cipher);
+    if (job->fd >= 0)
+        close(job->fd);
+    job->fd = -1;
+}
+
+/* Blocks (without the GIL) until the converter thread is done with a queued job. */
+static void wait_job(ConvertJob *job) {
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&queue_lock);
+    while (job->queued && !job->done)
+        pthread_cond_wait(&queue_changed, &queue_lock);
+    pthread_mutex_unlock(&queue_lock);
+    Py_END_ALLOW_THREADS
+}
+
+static void ConvertJob_dealloc(ConvertJob *job) {
+    wait_job(job); /* never free what the converter thread may still read or write */
+    release_job(job);
+    Py_TYPE(job)->tp_free((PyObject *)job);
+}
+
+static PyObject *ConvertJob_finish(ConvertJob *job, PyObject *unused) {
+    (void)unused;
+    if (job->cipher == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "job already finished");
+        return NULL;
+    }
+    wait_job(job); /* normally done already: the caller waited for fd */
+    int ok = job->ok;
+    release_job(job);
+    if (!ok) {
+        PyErr_SetString(OpenSSLError, "conversion failed");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef ConvertJob_methods[] = {
+    {"finish", (PyCFunction)ConvertJob_finish, METH_NOARGS,
+     "finish(): wait for the conversion if needed, release the buffers, raise if it failed"},
+    {NULL}};
+
+static PyMemberDef ConvertJob_members[] = {
+    {"fd", T_INT, offsetof(ConvertJob, fd), READONLY,
+     "an eventfd that becomes readable when the conversion is done"},
+    {NULL}};
+
+static PyTypeObject ConvertJobType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dmfuse._openssl.ConvertJob",
+    .tp_basicsize = sizeof(ConvertJob),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A conversion running on the converter thread (UnitCipher.start)",
+    .tp_dealloc = (destructor)ConvertJob_dealloc,
+    .tp_methods = ConvertJob_methods,
+    .tp_members = ConvertJob_members,
+};
+
+static PyObject *UnitCipher_start(UnitCipher *self, PyObject *args, PyObject *kwds) {
+    Request r;
+    if (parse_request(self, args, kwds, &r) < 0)
+        return NULL;
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    ConvertJob *job = fd < 0 ? NULL : PyObject_New(ConvertJob, &ConvertJobType);
+    if (job == NULL) {
+        if (fd < 0)
+            PyErr_SetFromErrno(PyExc_OSError);
+        else
+            close(fd);
+        PyBuffer_Release(&r.src);
+        PyBuffer_Release(&r.dst);
+        PyBuffer_Release(&r.ivs);
+        return NULL;
+    }
+    job->cipher = (UnitCipher *)Py_NewRef((PyObject *)self);
+    job->request = r;
+    job->fd = fd;
+    job->queued = job->done = job->ok = 0;
+    job->next = NULL;
+    pthread_mutex_lock(&queue_lock);
+    int failed = 0;
+    if (!converter_started) {
+        pthread_t thread;
+        failed = pthread_create(&thread, NULL, converter_main, NULL);
+        if (!failed) {
+            pthread_detach(thread);
+            converter_started = 1;
+        }
+    }
+    if (!failed) {
+        job->queued = 1;
+        if (queue_tail)
+            queue_tail->next = job;
+        else
+            queue_head = job;
+        queue_tail = job;
+        pthread_cond_broadcast(&queue_changed);
+    }
+    pthread_mutex_unlock(&queue_lock);
+    if (failed) {
+        Py_DECREF(job);
+        errno = failed;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return (PyObject *)job;
 }
 
 static PyMethodDef UnitCipher_methods[] = {
     {"convert", (PyCFunction)(void (*)(void))UnitCipher_convert, METH_VARARGS | METH_KEYWORDS,
      "convert(src, dst, ivs, unit, encrypt): every unit of src into dst with its own IV"},
+    {"start", (PyCFunction)(void (*)(void))UnitCipher_start, METH_VARARGS | METH_KEYWORDS,
+     "start(src, dst, ivs, unit, encrypt) -> ConvertJob: convert on the converter thread"},
     {NULL}};
 
 static PyMemberDef UnitCipher_members[] = {
@@ -424,7 +615,8 @@ static struct PyModuleDef module = {
     "OpenSSL loops over many encryption units / hash blocks, without the GIL.", -1, NULL};
 
 PyMODINIT_FUNC PyInit__openssl(void) {
-    if (PyType_Ready(&UnitCipherType) < 0 || PyType_Ready(&BlockHasherType) < 0)
+    if (PyType_Ready(&UnitCipherType) < 0 || PyType_Ready(&BlockHasherType) < 0 ||
+        PyType_Ready(&ConvertJobType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -432,7 +624,8 @@ PyMODINIT_FUNC PyInit__openssl(void) {
     OpenSSLError = PyErr_NewException("dmfuse._openssl.OpenSSLError", PyExc_ValueError, NULL);
     if (PyModule_AddObjectRef(m, "OpenSSLError", OpenSSLError) < 0 ||
         PyModule_AddObjectRef(m, "UnitCipher", (PyObject *)&UnitCipherType) < 0 ||
-        PyModule_AddObjectRef(m, "BlockHasher", (PyObject *)&BlockHasherType) < 0) {
+        PyModule_AddObjectRef(m, "BlockHasher", (PyObject *)&BlockHasherType) < 0 ||
+        PyModule_AddObjectRef(m, "ConvertJob", (PyObject *)&ConvertJobType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

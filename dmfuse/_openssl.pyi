@@ -20,6 +20,16 @@ class UnitCipher:
     def convert(self, src: _Buf, dst: _Buf, ivs: _Buf, unit: int, encrypt: bool) -> None:
         """Unit ``i`` of ``src`` into unit ``i`` of ``dst`` (may be ``src``) with IV
         ``ivs[i * iv_len : (i + 1) * iv_len]``; no padding; without the GIL."""
+    def start(self, src: _Buf, dst: _Buf, ivs: _Buf, unit: int, encrypt: bool) -> ConvertJob:
+        """:meth:`convert` on the converter thread (one thread, jobs in order)."""
+
+class ConvertJob:
+    """A conversion on the converter thread (:meth:`UnitCipher.start`)."""
+
+    fd: int  # an eventfd, readable once the conversion is done
+
+    def finish(self) -> None:
+        """Wait if needed, release the buffers; raises OpenSSLError if it failed."""
 
 class BlockHasher:
     """An OpenSSL digest (e.g. ``"SHA256"``) over ``prefix || block || suffix``."""

@@ -28,7 +28,7 @@ import hashlib
 import numpy as np
 from numpy.typing import NDArray
 
-from dmfuse._openssl import OpenSSLError, UnitCipher
+from dmfuse._openssl import ConvertJob, OpenSSLError, UnitCipher
 from dmfuse.crypt.cipherspec import IV_MODES, KERNEL_ONLY_IV_MODES, CipherSpec
 from dmfuse.crypt.ivgen import benbi_shift, iv_array
 from dmfuse.errors import IOFailure, TableError
@@ -164,6 +164,37 @@ class SectorCipher:
     def decrypt(self, buf: memoryview, sector: int) -> None:
         self.convert(buf, buf, sector, encrypt=False)
 
+    def start(
+        self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
+    ) -> ConvertJob | None:
+        """Like :meth:`convert`, but on the converter thread: the returned job's ``fd`` turns
+        readable when it is done, then ``finish()`` it.  None if there is no single keyed
+        cipher to hand over (``cipher_null``, several subkeys, no units): use convert."""
+        keys = self._keys
+        units = len(src) // self.sector_size
+        if self.null or len(keys) != 1 or units == 0:
+            return None
+        ivs = self._ivs(self._sectors(units, sector))
+        key = keys[0]
+        if ivs is None:
+            return key.data.start(src, dst, b"", self.sector_size, encrypt)
+        if key.essiv is not None:
+            key.essiv.convert(ivs, ivs, b"", ivs.nbytes, True)
+        return key.data.start(src, dst, ivs, self.sector_size, encrypt)
+
+    def _sectors(self, units: int, sector: int) -> NDArray[np.uint64]:
+        """The 512-byte sector of each unit, modulo 2^64 like the kernel's sector_t."""
+        sectors = np.arange(units, dtype=np.uint64)
+        sectors *= np.uint64(self.step)
+        sectors += np.uint64(sector & _MASK64)
+        return sectors
+
+    def _ivs(self, sectors: NDArray[np.uint64]) -> NDArray[np.uint8] | None:
+        """The units' IVs (None without an IV mode)."""
+        if self.ivmode is None:
+            return None
+        return iv_array(self.ivmode, sectors >> np.uint64(self.iv_shift), self._benbi_shift)
+
     def convert(self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool) -> None:
         """Encrypt or decrypt the whole units of ``src`` into ``dst`` (same length; may be the
         same buffer).  Thread-safe; runs without the GIL for the bulk of the work."""
@@ -178,13 +209,8 @@ class SectorCipher:
         units = len(src) // size
         if units == 0:
             return
-        # the 512-byte sector of each unit, modulo 2^64 like the kernel's sector_t
-        sectors = np.arange(units, dtype=np.uint64)
-        sectors *= np.uint64(self.step)
-        sectors += np.uint64(sector & _MASK64)
-        ivs: NDArray[np.uint8] | None = None
-        if self.ivmode is not None:
-            ivs = iv_array(self.ivmode, sectors >> np.uint64(self.iv_shift), self._benbi_shift)
+        sectors = self._sectors(units, sector)
+        ivs = self._ivs(sectors)
         if len(keys) == 1:
             self._run(keys[0], src, dst, ivs, encrypt)
             return

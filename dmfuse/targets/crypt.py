@@ -82,13 +82,15 @@ Per run, crypt / linear is 0.57-0.75x with 512-byte units (reads at QD1 0.67-0.7
 QD1 0.70-0.71x, QD16 0.57-0.64x) and 0.62-0.82x with 4096-byte units; crypt is 4-8x qemu's
 LUKS driver.  The issue's 0.7x is met at QD1 and missed at QD16.  The previous (numpy-batched)
 version gave 0.25-0.30x.  What is left is the conversion itself, ~0.12 ms per MiB on both
-cores, added to linear's ~0.3 ms per request.  At QD16 the second core is free while linear
-runs (vmstat: ~50% idle), so handing each request to one converter thread, the trio thread
-serving FUSE meanwhile, was tried: slower (read QD16 1590 vs 2000 MiB/s, write 850-1230 vs
-1500-1630), as the hop and the IV setup under the GIL cost more than the overlap gains.
-Requests of at least ``Crypt.THREAD_MIN`` (2 MiB: only engine-level callers, FUSE sends at
-most 1 MiB) are converted on a worker thread so that smaller I/O is not queued behind a long
-conversion (``test_big_encryption_does_not_hold_up_small_io``).
+cores, added to linear's ~0.3 ms per request.  When big requests overlap (deep queues), each
+is handed to the converter thread instead (C, no GIL, one request at a time; the task waits
+on an eventfd): the trio thread keeps its core for FUSE while the converter uses the other
+(linear alone leaves ~50% idle, vmstat).  That gained ~10% on reads at QD16 (2240-2480 vs
+1980-2180 MiB/s, three alternating runs) and nothing on writes; a ``trio.to_thread`` version
+of it lost 20-40% (the hop and the IV setup under the GIL).  Requests of at least
+``Crypt.THREAD_MIN`` (2 MiB: only engine-level callers, FUSE sends at most 1 MiB) always go to
+the converter, so smaller I/O is not queued behind a long conversion
+(``test_big_encryption_does_not_hold_up_small_io``).
 """
 
 from __future__ import annotations
@@ -190,8 +192,11 @@ class Crypt(Target):
     name = "crypt"
     version = (1, 28, 0)
 
+    # Requests at least this large go to the converter thread when requests overlap (see
+    # _convert); smaller ones are converted inline, cheaper than the handover.
+    OFFLOAD_MIN = 256 << 10
     # Requests at least this large (engine-level callers only: FUSE hands over at most
-    # 1 MiB) are converted wholly on a worker thread, so other I/O does not wait for them.
+    # 1 MiB) always go to the converter thread, so other I/O does not wait for them.
     THREAD_MIN = 2 * 1024 * 1024
 
     def __init__(
@@ -218,6 +223,8 @@ class Crypt(Target):
         self.unit = opts.sector_size
         self.suspended = False  # the kernel's DM_CRYPT_SUSPENDED (postsuspend .. resume)
         self._scratch = BufferPool()  # ciphertext of writes
+        self._arriving = 0  # big requests deciding where to convert (see _convert)
+        self._offloaded = 0  # big requests at the converter thread
         self.limits = Limits(
             flush_bios=1,
             discard_bios=1 if "allow_discards" in opts.flags else 0,
@@ -272,13 +279,38 @@ class Crypt(Target):
     async def _convert(
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
     ) -> None:
-        """``src`` -> ``dst``; OpenSSL on all cores without the GIL (:mod:`dmfuse._openssl`).
-        A very large request is converted on a worker thread, so other I/O does not wait."""
-        if len(src) >= self.THREAD_MIN:
-            convert = self.cipher.convert
-            await trio.to_thread.run_sync(lambda: convert(src, dst, sector, encrypt=encrypt))
-        else:
+        """``src`` -> ``dst`` with OpenSSL, without the GIL (:mod:`dmfuse._openssl`).
+
+        A request alone (sequential I/O at queue depth 1) is converted right here on all
+        cores: nothing else is waiting.  When big requests overlap (deep queues) or are very
+        large, they go to the converter thread (C, no Python, one request at a time) and
+        this task waits for its eventfd: the trio thread keeps its core for receiving and
+        answering other requests while the converter uses the other.  Whether others are in
+        flight is seen by yielding once: requests already received then start and count
+        themselves."""
+        if len(src) < self.OFFLOAD_MIN:
             self.cipher.convert(src, dst, sector, encrypt=encrypt)
+            return
+        if len(src) < self.THREAD_MIN:
+            self._arriving += 1
+            try:
+                await trio.lowlevel.checkpoint()
+                alone = self._arriving == 1 and not self._offloaded
+            finally:
+                self._arriving -= 1
+        else:
+            alone = len(src) < self.THREAD_MIN
+        job = None if alone else self.cipher.start(src, dst, sector, encrypt=encrypt)
+        if job is None:
+            self.cipher.convert(src, dst, sector, encrypt=encrypt)
+            return
+        self._offloaded += 1
+        try:
+            with trio.CancelScope(shield=True):  # the converter uses src/dst until done
+                await trio.lowlevel.wait_readable(job.fd)
+        finally:
+            self._offloaded -= 1
+            job.finish()
 
     async def discard(self, offset: int, length: int) -> None:
         # Reached only if the device layer ever passes non-zeroing discards down (punch-hole
