@@ -12,13 +12,14 @@
 # psync QD1 and libaio QD16 reads then writes; prints MiB/s and the load average per job.
 # Everything lives in bench/work/crypt/ (gitignored); mount and daemon are removed on exit.
 #
-# Last runs (2026-11-29 07:26 and 07:36 UTC, dmfuse._openssl: OpenSSL per unit in C on both
-# cores; 2 shared CPUs, load 0.8-2.4 with the benchmark itself), MiB/s:
+# Last runs (2026-11-29 07:53 and 07:56 UTC, dmfuse._openssl: OpenSSL per unit in C on both
+# cores, converter thread for overlapping requests; 2 shared CPUs, load 1.2-2.3), MiB/s:
 #   device      read QD1   read QD16  write QD1  write QD16
-#   linl        2992-3408  3450-3547  2301-2459  2477-2635
-#   cryl        2008-2547  2037-2218  1611-1739  1589-1654   (numpy-batched: 985 968 866 805)
-#   cry4k       2408-2500  2200-2533  1881-1907  1745-1753   (numpy-batched: 868 861 747 731)
-#   qsd          311-312    358-367    361-366    398-406
+#   linl        2953-3174  3339-3497  2081-2190  2356-2412
+#   cryl        2079-2148  2306-2520  1643-1669  1622-1629   (numpy-batched: 985 968 866 805)
+#   cry4k       2224-2334  2265-2418  1588-1710  1578-1605   (numpy-batched: 868 861 747 731)
+#   qsd          307-324    357-371    349-371    389-404
+# crypt / linear: 0.66-0.79x (512-byte units), 0.65-0.78x (4096).
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"

@@ -66,23 +66,24 @@ MiB on this machine: XTS 512-byte units ~0.23 ms on one core, ~0.12 ms on two (4
 0.17 / 0.08 ms); the cost left is OpenSSL's per-call work, 2048 calls per MiB.  Writes encrypt
 into reused scratch buffers (a fresh zeroed megabyte per write cost a third of the time).
 ``bench/crypt.sh`` (fio, 1M sequential, O_DIRECT, one warm LUKS1 container behind every
-device, 2 shared vCPUs; two runs, 07:26 and 07:36 UTC 2026-11-29, load average 0.8-2.4 with
+device, 2 shared vCPUs; two runs, 07:53 and 07:56 UTC 2026-11-29, load average 1.2-2.3 with
 the benchmark itself), MiB/s:
 
     ==========================  =========  =========  =========  ==========
     device                      read QD1   read QD16  write QD1  write QD16
     ==========================  =========  =========  =========  ==========
-    linear                      2992-3408  3450-3547  2301-2459  2477-2635
-    crypt aes-xts-plain64       2008-2547  2037-2218  1611-1739  1589-1654
-     + sector_size:4096         2408-2500  2200-2533  1881-1907  1745-1753
-    qemu-storage-daemon LUKS    311-312    358-367    361-366    398-406
+    linear                      2953-3174  3339-3497  2081-2190  2356-2412
+    crypt aes-xts-plain64       2079-2148  2306-2520  1643-1669  1622-1629
+     + sector_size:4096         2224-2334  2265-2418  1588-1710  1578-1605
+    qemu-storage-daemon LUKS    307-324    357-371    349-371    389-404
     ==========================  =========  =========  =========  ==========
 
-Per run, crypt / linear is 0.57-0.75x with 512-byte units (reads at QD1 0.67-0.75x, writes at
-QD1 0.70-0.71x, QD16 0.57-0.64x) and 0.62-0.82x with 4096-byte units; crypt is 4-8x qemu's
-LUKS driver.  The issue's 0.7x is met at QD1 and missed at QD16.  The previous (numpy-batched)
-version gave 0.25-0.30x.  What is left is the conversion itself, ~0.12 ms per MiB on both
-cores, added to linear's ~0.3 ms per request.  When big requests overlap (deep queues), each
+Per run, crypt / linear is 0.66-0.79x with 512-byte units (reads 0.66-0.73x, writes
+0.67-0.79x) and 0.65-0.78x with 4096-byte units; crypt is 4-8x qemu's LUKS driver.  So the
+issue's 0.7x is about met: at or above it in 4 of 8 cells per run, 0.65-0.69x in the others
+(run-to-run noise on this shared machine is ~10%).  The previous (numpy-batched) version gave
+0.25-0.30x.  What is left is the conversion itself, ~0.12 ms per MiB on both cores, added to
+linear's ~0.3 ms per request.  When big requests overlap (deep queues), each
 is handed to the converter thread instead (C, no GIL, one request at a time; the task waits
 on an eventfd): the trio thread keeps its core for FUSE while the converter uses the other
 (linear alone leaves ~50% idle, vmstat).  That gained ~10% on reads at QD16 (2240-2480 vs
