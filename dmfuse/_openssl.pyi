@@ -1,4 +1,4 @@
-"""Types of the C extension built from ``dmfuse/_openssl.c`` (see its header)."""
+"""Types of the C extension built from ``dmfuse/_openssl_src/`` (see module.c)."""
 
 from typing import Any, TypeAlias
 

@@ -1,0 +1,48 @@
+/* Shared by the sources of dmfuse._openssl (see module.c for what the extension is). */
+#ifndef DMFUSE_OPENSSL_EXT_H
+#define DMFUSE_OPENSSL_EXT_H
+
+/* EVP_CIPHER_CTX_iv_noconst (the XTS IV shortcut in units.c) is deprecated in OpenSSL 3. */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+
+/* module.c */
+extern PyObject *dmf_OpenSSLError;
+PyObject *dmf_openssl_error(const char *what);
+int dmf_team_size(Py_ssize_t bytes);
+long long dmf_now_ns(void);
+void dmf_note_wait(int team, long long own_done);
+
+/* units.c */
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER *cipher;
+    EVP_CIPHER_CTX *encrypt; /* keyed templates, copied per call */
+    EVP_CIPHER_CTX *decrypt;
+    int iv_len;
+    int block;
+    int iv_in_place; /* the XTS IV shortcut works with this OpenSSL (see units.c) */
+} UnitCipher;
+
+/* A conversion's arguments, checked; the buffers are held until released. */
+typedef struct {
+    Py_buffer src, dst, ivs;
+    Py_ssize_t n;
+    int unit, encrypt;
+} Request;
+
+extern PyTypeObject dmf_UnitCipherType;
+int dmf_run_request(UnitCipher *self, Request *r, int parallel);
+int dmf_parse_request(UnitCipher *self, PyObject *args, PyObject *kwds, Request *r);
+void dmf_release_request(Request *r);
+
+/* jobs.c */
+extern PyTypeObject dmf_ConvertJobType;
+PyObject *dmf_unit_cipher_start(UnitCipher *self, PyObject *args, PyObject *kwds);
+
+/* hash.c */
+extern PyTypeObject dmf_BlockHasherType;
+
+#endif
