@@ -117,6 +117,10 @@ from dmfuse.crypt.sectors import SectorCipher
 from dmfuse.errors import DmError, InvalidArgument, IOFailure, TableError
 from dmfuse.target import DeviceOpener, Limits, Target, check_area, register
 
+# Ciphertext of writes, shared by all crypt targets of the process: enough spare buffers for
+# a queue of overlapping 1 MiB writes (keep=4 measured 5% slower at QD16), at most 16 MiB.
+_SCRATCH = BufferPool(keep=16)
+
 # Feature flags in the order the kernel's crypt_status prints them.
 _FLAGS = (
     "allow_discards",
@@ -223,7 +227,6 @@ class Crypt(Target):
         self.opts = opts
         self.unit = opts.sector_size
         self.suspended = False  # the kernel's DM_CRYPT_SUSPENDED (postsuspend .. resume)
-        self._scratch = BufferPool()  # ciphertext of writes
         self._arriving = 0  # big requests deciding where to convert (see _convert)
         self._offloaded = 0  # big requests at the converter thread
         self.limits = Limits(
@@ -270,12 +273,12 @@ class Crypt(Target):
 
     async def write(self, offset: int, data: memoryview) -> None:
         sector = self._sector(offset, len(data))
-        out = self._scratch.take(len(data))  # never encrypt the caller's buffer in place
+        out = _SCRATCH.take(len(data))  # never encrypt the caller's buffer in place
         try:
             await self._convert(data, out, sector, encrypt=True)
             await self.dev.write(self.base + offset, out)
         finally:
-            self._scratch.give(out)
+            _SCRATCH.give(out)
 
     async def _convert(
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
