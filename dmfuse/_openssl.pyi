@@ -1,12 +1,13 @@
 """Types of the C extension built from ``dmfuse/_openssl_src/`` (see module.c)."""
 
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import numpy as np
 from typing_extensions import Buffer
 
 # numpy arrays export the buffer protocol; typeshed says so only from Python 3.12 on.
 _Buf: TypeAlias = Buffer | np.ndarray[Any, Any]
+_R = TypeVar("_R")
 
 class OpenSSLError(ValueError): ...
 
@@ -20,16 +21,16 @@ class UnitCipher:
     def convert(self, src: _Buf, dst: _Buf, ivs: _Buf, unit: int, encrypt: bool) -> None:
         """Unit ``i`` of ``src`` into unit ``i`` of ``dst`` (may be ``src``) with IV
         ``ivs[i * iv_len : (i + 1) * iv_len]``; no padding; without the GIL."""
-    def start(self, src: _Buf, dst: _Buf, ivs: _Buf, unit: int, encrypt: bool) -> ConvertJob:
-        """:meth:`convert` on the converter thread (one thread, jobs in order)."""
+    def start(self, src: _Buf, dst: _Buf, ivs: _Buf, unit: int, encrypt: bool) -> Job[None]:
+        """:meth:`convert` on the worker thread (one thread, jobs in order)."""
 
-class ConvertJob:
-    """A conversion on the converter thread (:meth:`UnitCipher.start`)."""
+class Job(Generic[_R]):
+    """Work on the worker thread (:meth:`UnitCipher.start`, :meth:`BlockHasher.start`)."""
 
-    fd: int  # an eventfd, readable once the conversion is done
+    fd: int  # an eventfd, readable once the work is done
 
-    def finish(self) -> None:
-        """Wait if needed, release the buffers; raises OpenSSLError if it failed."""
+    def finish(self) -> _R:
+        """Wait if needed, release the buffers, return the result; OpenSSLError if it failed."""
 
 class BlockHasher:
     """An OpenSSL digest (e.g. ``"SHA256"``) over ``prefix || block || suffix``."""
@@ -39,3 +40,5 @@ class BlockHasher:
     def __init__(self, name: str, prefix: bytes, suffix: bytes) -> None: ...
     def digests(self, data: _Buf, block: int, lo: int, hi: int) -> bytes:
         """The digests of blocks ``[lo, hi)`` of ``data``, back to back; without the GIL."""
+    def start(self, data: _Buf, block: int, lo: int, hi: int) -> Job[bytes]:
+        """:meth:`digests` on the worker thread; ``finish()`` returns them."""

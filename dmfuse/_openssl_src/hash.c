@@ -54,11 +54,15 @@ static int BlockHasher_init(BlockHasher *self, PyObject *args, PyObject *kwds) {
 /* Blocks per scheduling chunk (see UNITS_PER_CHUNK). */
 #define BLOCKS_PER_CHUNK 8
 
-static int hash_blocks(const EVP_MD_CTX *start, const unsigned char *data, Py_ssize_t block,
-                       Py_ssize_t lo, Py_ssize_t hi, const char *suffix, Py_ssize_t suffix_len,
-                       unsigned char *out, int size) {
+/* The digests of blocks [lo, hi) into out; parallel: whether helpers may be used. */
+static int hash_blocks(BlockHasher *self, const unsigned char *data, Py_ssize_t block,
+                       Py_ssize_t lo, Py_ssize_t hi, unsigned char *out, int parallel) {
+    const EVP_MD_CTX *start = self->start;
+    const char *suffix = PyBytes_AS_STRING(self->suffix); /* immutable: no GIL needed */
+    Py_ssize_t suffix_len = PyBytes_GET_SIZE(self->suffix);
+    int size = self->size;
     int ok = 1;
-    int team = dmf_team_size((hi - lo) * block);
+    int team = parallel ? dmf_team_size((hi - lo) * block) : 1;
     long long own_done = 0;
 #pragma omp parallel num_threads(team) if (team > 1) shared(ok, own_done)
     {
@@ -85,39 +89,84 @@ static int hash_blocks(const EVP_MD_CTX *start, const unsigned char *data, Py_ss
     return ok;
 }
 
-static PyObject *BlockHasher_digests(BlockHasher *self, PyObject *args, PyObject *kwds) {
+/* Parses (data, block, lo, hi) and makes the digests' bytes object; NULL on error. */
+static PyObject *parse_blocks(BlockHasher *self, PyObject *args, PyObject *kwds, Py_buffer *data,
+                              Py_ssize_t *block, Py_ssize_t *lo, Py_ssize_t *hi) {
     static char *kwlist[] = {"data", "block", "lo", "hi", NULL};
-    Py_buffer data;
-    Py_ssize_t block, lo, hi;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*nnn", kwlist, &data, &block, &lo, &hi))
-        return NULL;
-    PyObject *out = NULL;
     if (self->suffix == NULL) {
         PyErr_SetString(PyExc_TypeError, "BlockHasher is not initialised");
-    } else if (block <= 0 || lo < 0 || hi < lo || hi > data.len / block) {
-        PyErr_Format(PyExc_ValueError, "blocks [%zd, %zd) of %zd bytes are not in the data", lo,
-                     hi, block);
-    } else if ((out = PyBytes_FromStringAndSize(NULL, (hi - lo) * self->size)) != NULL) {
-        unsigned char *digests = (unsigned char *)PyBytes_AS_STRING(out);
-        const char *suffix = PyBytes_AS_STRING(self->suffix);
-        Py_ssize_t suffix_len = PyBytes_GET_SIZE(self->suffix);
-        int ok;
-        Py_BEGIN_ALLOW_THREADS
-        ok = hash_blocks(self->start, data.buf, block, lo, hi, suffix, suffix_len, digests,
-                         self->size);
-        Py_END_ALLOW_THREADS
-        if (!ok) {
-            Py_CLEAR(out);
-            dmf_openssl_error("hashing failed");
-        }
+        return NULL;
     }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*nnn", kwlist, data, block, lo, hi))
+        return NULL;
+    if (*block <= 0 || *lo < 0 || *hi < *lo || *hi > data->len / *block) {
+        PyErr_Format(PyExc_ValueError, "blocks [%zd, %zd) of %zd bytes are not in the data",
+                     *lo, *hi, *block);
+    } else {
+        PyObject *out = PyBytes_FromStringAndSize(NULL, (*hi - *lo) * self->size);
+        if (out != NULL)
+            return out;
+    }
+    PyBuffer_Release(data);
+    return NULL;
+}
+
+static PyObject *BlockHasher_digests(BlockHasher *self, PyObject *args, PyObject *kwds) {
+    Py_buffer data;
+    Py_ssize_t block, lo, hi;
+    PyObject *out = parse_blocks(self, args, kwds, &data, &block, &lo, &hi);
+    if (out == NULL)
+        return NULL;
+    unsigned char *digests = (unsigned char *)PyBytes_AS_STRING(out);
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = hash_blocks(self, data.buf, block, lo, hi, digests, 1);
+    Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
+    if (!ok) {
+        Py_DECREF(out);
+        return dmf_openssl_error("hashing failed");
+    }
     return out;
+}
+
+static int run_hash_job(Job *job) {
+    return hash_blocks((BlockHasher *)job->owner, job->u.hash.data.buf, job->u.hash.block,
+                       job->u.hash.lo, job->u.hash.hi,
+                       (unsigned char *)PyBytes_AS_STRING(job->result), 0);
+}
+
+static void release_hash_job(Job *job) {
+    PyBuffer_Release(&job->u.hash.data);
+}
+
+static PyObject *BlockHasher_start(BlockHasher *self, PyObject *args, PyObject *kwds) {
+    Py_buffer data;
+    Py_ssize_t block, lo, hi;
+    PyObject *out = parse_blocks(self, args, kwds, &data, &block, &lo, &hi);
+    if (out == NULL)
+        return NULL;
+    Job *job = dmf_job_new((PyObject *)self);
+    if (job == NULL) {
+        Py_DECREF(out);
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    job->result = out; /* filled in by the worker; nobody else sees it before finish() */
+    job->u.hash.data = data;
+    job->u.hash.block = block;
+    job->u.hash.lo = lo;
+    job->u.hash.hi = hi;
+    job->run = run_hash_job;
+    job->release = release_hash_job;
+    return dmf_job_submit(job);
 }
 
 static PyMethodDef BlockHasher_methods[] = {
     {"digests", (PyCFunction)(void (*)(void))BlockHasher_digests, METH_VARARGS | METH_KEYWORDS,
      "digests(data, block, lo, hi): the salted digests of blocks [lo, hi), back to back"},
+    {"start", (PyCFunction)(void (*)(void))BlockHasher_start, METH_VARARGS | METH_KEYWORDS,
+     "start(data, block, lo, hi) -> Job: digests() on the worker thread; finish() returns them"},
     {NULL}};
 
 static PyMemberDef BlockHasher_members[] = {

@@ -11,18 +11,19 @@
  *     .convert(src, dst, ivs, unit, encrypt)
  *                                    unit i of src -> unit i of dst (dst may be src), with
  *                                    IV ivs[i*iv_len : (i+1)*iv_len]; no padding
- *     .start(...) -> ConvertJob      the same on the converter thread; job.fd (an eventfd)
+ *     .start(...) -> Job             the same on the worker thread; job.fd (an eventfd)
  *                                    turns readable when done, then job.finish()
  *   BlockHasher(name, prefix, suffix)
  *     .digests(data, block, lo, hi)  H(prefix || block_i || suffix) for blocks [lo, hi),
  *                                    back to back (dm-verity's salting: v1 prefix, v0 suffix)
+ *     .start(...) -> Job             the same on the worker thread; finish() returns them
  *
  * Both are safe to call from several threads at once: each call makes its own context from a
  * keyed/salted template.  Keys are wiped from memory when the object goes away.  Big requests
  * are shared by the calling thread and OpenMP's helper threads (one per core), unless helpers
  * have lately been late (another process busy on their core: see dmf_note_wait).
  *
- * Sources: units.c (UnitCipher, and its XTS IV shortcut), jobs.c (the converter thread),
+ * Sources: units.c (UnitCipher, and its XTS IV shortcut), jobs.c (the worker thread),
  * hash.c (BlockHasher), this file (the module, errors, and when to use helper threads).
  */
 #include "openssl_ext.h"
@@ -89,7 +90,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__openssl(void) {
     if (PyType_Ready(&dmf_UnitCipherType) < 0 || PyType_Ready(&dmf_BlockHasherType) < 0 ||
-        PyType_Ready(&dmf_ConvertJobType) < 0)
+        PyType_Ready(&dmf_JobType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -98,7 +99,7 @@ PyMODINIT_FUNC PyInit__openssl(void) {
     if (PyModule_AddObjectRef(m, "OpenSSLError", dmf_OpenSSLError) < 0 ||
         PyModule_AddObjectRef(m, "UnitCipher", (PyObject *)&dmf_UnitCipherType) < 0 ||
         PyModule_AddObjectRef(m, "BlockHasher", (PyObject *)&dmf_BlockHasherType) < 0 ||
-        PyModule_AddObjectRef(m, "ConvertJob", (PyObject *)&dmf_ConvertJobType) < 0) {
+        PyModule_AddObjectRef(m, "Job", (PyObject *)&dmf_JobType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -38,9 +38,32 @@ int dmf_run_request(UnitCipher *self, Request *r, int parallel);
 int dmf_parse_request(UnitCipher *self, PyObject *args, PyObject *kwds, Request *r);
 void dmf_release_request(Request *r);
 
-/* jobs.c */
-extern PyTypeObject dmf_ConvertJobType;
-PyObject *dmf_unit_cipher_start(UnitCipher *self, PyObject *args, PyObject *kwds);
+/* jobs.c: work for the worker thread.  A kind of job fills in run (on the worker thread,
+ * no Python), release (with the GIL: drop what the job holds) and result (what finish()
+ * returns), then hands it to dmf_job_submit. */
+typedef struct Job {
+    PyObject_HEAD
+    PyObject *owner;  /* the cipher or hasher: a strong reference while the job lives */
+    PyObject *result; /* what finish() returns once the work succeeded */
+    int (*run)(struct Job *job);
+    void (*release)(struct Job *job);
+    int fd;     /* eventfd: readable when done; -1 once finished */
+    int queued; /* handed to the worker thread */
+    int done;   /* set by the worker thread under the queue lock, after its last use */
+    int ok;
+    struct Job *next;
+    union {
+        Request convert;
+        struct {
+            Py_buffer data;
+            Py_ssize_t block, lo, hi;
+        } hash;
+    } u;
+} Job;
+
+extern PyTypeObject dmf_JobType;
+Job *dmf_job_new(PyObject *owner);
+PyObject *dmf_job_submit(Job *job);
 
 /* hash.c */
 extern PyTypeObject dmf_BlockHasherType;

@@ -190,11 +190,34 @@ static PyObject *UnitCipher_convert(UnitCipher *self, PyObject *args, PyObject *
     Py_RETURN_NONE;
 }
 
+static int run_convert_job(Job *job) {
+    return dmf_run_request((UnitCipher *)job->owner, &job->u.convert, 0);
+}
+
+static void release_convert_job(Job *job) {
+    dmf_release_request(&job->u.convert);
+}
+
+static PyObject *UnitCipher_start(UnitCipher *self, PyObject *args, PyObject *kwds) {
+    Request r;
+    if (dmf_parse_request(self, args, kwds, &r) < 0)
+        return NULL;
+    Job *job = dmf_job_new((PyObject *)self);
+    if (job == NULL) {
+        dmf_release_request(&r);
+        return NULL;
+    }
+    job->u.convert = r;
+    job->run = run_convert_job;
+    job->release = release_convert_job;
+    return dmf_job_submit(job);
+}
+
 static PyMethodDef UnitCipher_methods[] = {
     {"convert", (PyCFunction)(void (*)(void))UnitCipher_convert, METH_VARARGS | METH_KEYWORDS,
      "convert(src, dst, ivs, unit, encrypt): every unit of src into dst with its own IV"},
-    {"start", (PyCFunction)(void (*)(void))dmf_unit_cipher_start, METH_VARARGS | METH_KEYWORDS,
-     "start(src, dst, ivs, unit, encrypt) -> ConvertJob: convert on the converter thread"},
+    {"start", (PyCFunction)(void (*)(void))UnitCipher_start, METH_VARARGS | METH_KEYWORDS,
+     "start(src, dst, ivs, unit, encrypt) -> Job: convert on the worker thread"},
     {NULL}};
 
 static PyMemberDef UnitCipher_members[] = {

@@ -28,7 +28,7 @@ import hashlib
 import numpy as np
 from numpy.typing import NDArray
 
-from dmfuse._openssl import ConvertJob, OpenSSLError, UnitCipher
+from dmfuse._openssl import Job, OpenSSLError, UnitCipher
 from dmfuse.crypt.cipherspec import IV_MODES, KERNEL_ONLY_IV_MODES, CipherSpec
 from dmfuse.crypt.ivgen import benbi_shift, iv_array
 from dmfuse.errors import IOFailure, TableError
@@ -166,8 +166,8 @@ class SectorCipher:
 
     def start(
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
-    ) -> ConvertJob | None:
-        """Like :meth:`convert`, but on the converter thread: the returned job's ``fd`` turns
+    ) -> Job[None] | None:
+        """Like :meth:`convert`, but on the worker thread: the returned job's ``fd`` turns
         readable when it is done, then ``finish()`` it.  None if there is no single keyed
         cipher to hand over (``cipher_null``, several subkeys, no units): use convert."""
         keys = self._keys

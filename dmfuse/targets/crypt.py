@@ -84,7 +84,7 @@ issue's 0.7x is about met: at or above it in 4 of 8 cells per run, 0.65-0.69x in
 (run-to-run noise on this shared machine is ~10%).  The previous (numpy-batched) version gave
 0.25-0.30x.  What is left is the conversion itself, ~0.12 ms per MiB on both cores, added to
 linear's ~0.3 ms per request.  When big requests overlap (deep queues), each
-is handed to the converter thread instead (C, no GIL, one request at a time; the task waits
+is handed to the worker thread instead (C, no GIL, one request at a time; the task waits
 on an eventfd): the trio thread keeps its core for FUSE while the converter uses the other
 (linear alone leaves ~50% idle, vmstat).  That gained ~10% on reads at QD16 (2240-2480 vs
 1980-2180 MiB/s, three alternating runs) and nothing on writes; a ``trio.to_thread`` version
@@ -100,8 +100,6 @@ import errno
 import re
 from collections.abc import Sequence
 
-import trio
-
 from dmfuse.args import parse_unsigned
 from dmfuse.backends.base import Backend
 from dmfuse.bufpool import BufferPool
@@ -115,6 +113,7 @@ from dmfuse.crypt.cipherspec import (
 )
 from dmfuse.crypt.sectors import SectorCipher
 from dmfuse.errors import DmError, InvalidArgument, IOFailure, TableError
+from dmfuse.offload import Overlap
 from dmfuse.target import DeviceOpener, Limits, Target, check_area, register
 
 # Ciphertext of writes, shared by all crypt targets of the process: enough spare buffers for
@@ -197,11 +196,11 @@ class Crypt(Target):
     name = "crypt"
     version = (1, 28, 0)
 
-    # Requests at least this large go to the converter thread when requests overlap (see
+    # Requests at least this large go to the worker thread when requests overlap (see
     # _convert); smaller ones are converted inline, cheaper than the handover.
     OFFLOAD_MIN = 256 << 10
     # Requests at least this large (engine-level callers only: FUSE hands over at most
-    # 1 MiB) always go to the converter thread, so other I/O does not wait for them.
+    # 1 MiB) always go to the worker thread, so other I/O does not wait for them.
     THREAD_MIN = 2 * 1024 * 1024
 
     def __init__(
@@ -227,8 +226,7 @@ class Crypt(Target):
         self.opts = opts
         self.unit = opts.sector_size
         self.suspended = False  # the kernel's DM_CRYPT_SUSPENDED (postsuspend .. resume)
-        self._arriving = 0  # big requests deciding where to convert (see _convert)
-        self._offloaded = 0  # big requests at the converter thread
+        self._overlap = Overlap()  # where big requests are converted (see _convert)
         self.limits = Limits(
             flush_bios=1,
             discard_bios=1 if "allow_discards" in opts.flags else 0,
@@ -283,38 +281,19 @@ class Crypt(Target):
     async def _convert(
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
     ) -> None:
-        """``src`` -> ``dst`` with OpenSSL, without the GIL (:mod:`dmfuse._openssl`).
-
-        A request alone (sequential I/O at queue depth 1) is converted right here on all
-        cores: nothing else is waiting.  When big requests overlap (deep queues) or are very
-        large, they go to the converter thread (C, no Python, one request at a time) and
-        this task waits for its eventfd: the trio thread keeps its core for receiving and
-        answering other requests while the converter uses the other.  Whether others are in
-        flight is seen by yielding once: requests already received then start and count
-        themselves."""
-        if len(src) < self.OFFLOAD_MIN:
-            self.cipher.convert(src, dst, sector, encrypt=encrypt)
-            return
-        if len(src) < self.THREAD_MIN:
-            self._arriving += 1
-            try:
-                await trio.lowlevel.checkpoint()
-                alone = self._arriving == 1 and not self._offloaded
-            finally:
-                self._arriving -= 1
-        else:
-            alone = len(src) < self.THREAD_MIN
-        job = None if alone else self.cipher.start(src, dst, sector, encrypt=encrypt)
+        """``src`` -> ``dst`` with OpenSSL, without the GIL (:mod:`dmfuse._openssl`): right
+        here on all cores when the request is alone, else on the worker thread while the
+        trio thread serves other requests (:mod:`dmfuse.offload`).  Very large requests
+        always go to the worker, so other I/O does not wait for them."""
+        job = None
+        if len(src) >= self.THREAD_MIN or (
+            len(src) >= self.OFFLOAD_MIN and not await self._overlap.alone()
+        ):
+            job = self.cipher.start(src, dst, sector, encrypt=encrypt)
         if job is None:
             self.cipher.convert(src, dst, sector, encrypt=encrypt)
-            return
-        self._offloaded += 1
-        try:
-            with trio.CancelScope(shield=True):  # the converter uses src/dst until done
-                await trio.lowlevel.wait_readable(job.fd)
-        finally:
-            self._offloaded -= 1
-            job.finish()
+        else:
+            await self._overlap.wait(job)
 
     async def discard(self, offset: int, length: int) -> None:
         # Reached only if the device layer ever passes non-zeroing discards down (punch-hole

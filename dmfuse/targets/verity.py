@@ -99,6 +99,7 @@ from collections.abc import Sequence
 from dmfuse.args import ArgReader
 from dmfuse.backends.base import Backend
 from dmfuse.errors import DmError, IOFailure, TableError
+from dmfuse.offload import Overlap
 from dmfuse.target import DeviceOpener, Limits, Target, check_area, register
 from dmfuse.verity import hashing
 from dmfuse.verity.tree import Geometry, GeometryError
@@ -106,6 +107,7 @@ from dmfuse.verity.tree import Geometry, GeometryError
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = mmap.PAGESIZE
+OFFLOAD_MIN = 256 << 10  # reads this big may be hashed on the worker thread (_read_digests)
 CACHE_BYTES = 16 << 20  # hash blocks kept (verified or not), like dm-bufio's cache
 MAX_CORRUPTED_ERRS = 100  # DM_VERITY_MAX_CORRUPTED_ERRS: log lines per table
 OPTS_MAX = 15  # DM_VERITY_OPTS_MAX = 5 + FEC (8) + signature (2)
@@ -177,6 +179,8 @@ class Verity(Target):
         )
         self._digest = hashing.salted(ctor, g.version, salt)
         self._digests = hashing.salted_blocks(algorithm, ctor, g.version, salt)
+        self._hasher = hashing.block_hasher(algorithm, g.version, salt)  # None: hashlib only
+        self._overlap = Overlap()  # where big reads are hashed (see _read_digests)
         self._block_bits = g.data_block_size.bit_length() - 1
         self._zero_digest = (
             self._digest(bytes(g.data_block_size)) if options.ignore_zero_blocks else None
@@ -273,7 +277,7 @@ class Verity(Target):
                 return
         expect = self._packed(first, count)
         if expect is not None:  # the steady state of sequential reads
-            bad = self._check_packed(buf, expect, count)
+            bad = self._check_packed(await self._read_digests(buf, count), expect)
             for i in bad:
                 self._corrupted("data", first + i)  # raises unless ignore_corruption
             return
@@ -318,17 +322,25 @@ class Verity(Target):
             block = stop
         return b"".join(pieces)
 
-    def _check_packed(self, buf: memoryview, expect: bytes, count: int) -> list[int]:
-        """Indexes of the first ``count`` blocks whose digest differs from their ``expect``
-        slice.  The digests are computed in one call (OpenSSL on both cores) and compared at
+    async def _read_digests(self, buf: memoryview, count: int) -> bytes:
+        """The digests of the first ``count`` blocks of ``buf``, in one OpenSSL call: right
+        here on all cores when the read is alone, else on the worker thread while the trio
+        thread serves other requests (:mod:`dmfuse.offload`)."""
+        bs = self.geometry.data_block_size
+        hasher = self._hasher
+        if hasher is not None and count * bs >= OFFLOAD_MIN and not await self._overlap.alone():
+            return await self._overlap.wait(hasher.start(buf, bs, 0, count))
+        return self._digests(buf, bs, 0, count)
+
+    def _check_packed(self, got: bytes, expect: bytes) -> list[int]:
+        """Indexes of the blocks whose digest in ``got`` differs from ``expect``: compared at
         once; only a mismatch looks at them one by one."""
-        bs, dsz = self.geometry.data_block_size, self.geometry.digest_size
-        got = self._digests(buf, bs, 0, count)
         if got == expect:
             return []
+        dsz = self.geometry.digest_size
         return [
             i
-            for i in range(count)
+            for i in range(len(got) // dsz)
             if got[i * dsz : (i + 1) * dsz] != expect[i * dsz : (i + 1) * dsz]
         ]
 

@@ -115,17 +115,23 @@ def salted(ctor: HashCtor, version: int, salt: bytes) -> Digest:
     return suffixed
 
 
+def block_hasher(name: str, version: int, salt: bytes) -> BlockHasher | None:
+    """OpenSSL's salted per-block hasher for a kernel algorithm name, if OpenSSL has it."""
+    evp = _EVP.get(_base_name(name))
+    if evp is None:
+        return None
+    try:
+        return BlockHasher(evp, salt if version >= 1 else b"", b"" if version >= 1 else salt)
+    except OpenSSLError:  # not in this OpenSSL's providers (e.g. RIPEMD160 in "legacy")
+        return None
+
+
 def salted_blocks(name: str, ctor: HashCtor, version: int, salt: bytes) -> BlockDigests:
     """:func:`salted` over a run of blocks in one call (``name``: the kernel's name of
     ``ctor``'s algorithm): OpenSSL in C if it has the algorithm, else a hashlib loop."""
-    evp = _EVP.get(_base_name(name))
-    if evp is not None:
-        try:
-            hasher = BlockHasher(evp, salt if version >= 1 else b"", b"" if version >= 1 else salt)
-        except OpenSSLError:  # not in this OpenSSL's providers (e.g. RIPEMD160 in "legacy")
-            pass
-        else:
-            return functools.partial(_evp_digests, hasher)
+    hasher = block_hasher(name, version, salt)
+    if hasher is not None:
+        return functools.partial(_evp_digests, hasher)
     if not salt:
 
         def plain(buf: memoryview, bs: int, lo: int, hi: int) -> bytes:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dmfuse._openssl import ConvertJob
+from dmfuse._openssl import Job
 from dmfuse.crypt.cipherspec import CipherSpec, key_size, mask_key, parse_cipher
 from dmfuse.crypt.ivgen import benbi_shift, generator, iv_array
 from dmfuse.crypt.sectors import SectorCipher
@@ -372,7 +372,7 @@ async def test_big_encryption_does_not_hold_up_small_io(make_file: Callable[...,
 async def test_overlapping_big_requests_go_to_the_converter_thread(
     make_file: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Big requests in flight together are converted on the converter thread (the trio
+    """Big requests in flight together are converted on the worker thread (the trio
     thread stays free); one alone is converted inline.  The bytes are the same either way,
     and a cancelled request still waits for its conversion before its buffers go."""
     disk = make_file("disk.img", 16 * MiB, seed=None)
@@ -384,7 +384,7 @@ async def test_overlapping_big_requests_go_to_the_converter_thread(
 
     def spy(
         self: SectorCipher, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
-    ) -> ConvertJob | None:
+    ) -> Job[None] | None:
         started.append(sector)
         return real_start(self, src, dst, sector, encrypt=encrypt)
 

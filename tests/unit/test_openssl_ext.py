@@ -126,3 +126,14 @@ def test_jobs_on_the_converter_thread_equal_convert() -> None:
     assert buf == reference_xts(data[0], ivs, 512, False)
     with pytest.raises(ValueError, match="need 32768 bytes of IVs"):
         cipher.start(data[0], bytearray(1 << 20), b"", 512, True)
+
+
+def test_digest_jobs_on_the_worker_thread_equal_digests() -> None:
+    hasher = BlockHasher("SHA256", b"salt", b"")
+    data = os.urandom(256 * 4096)
+    job = hasher.start(data, 4096, 3, 250)
+    readable, _, _ = select.select([job.fd], [], [], 10)
+    assert readable == [job.fd]
+    assert job.finish() == hasher.digests(data, 4096, 3, 250)
+    with pytest.raises(ValueError, match="are not in the data"):
+        hasher.start(data, 4096, 0, 257)

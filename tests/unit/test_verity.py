@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from dmfuse._openssl import BlockHasher, Job
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
 from dmfuse.targets import verity as verity_mod
@@ -177,6 +178,62 @@ async def test_flipped_data_byte_fails_exactly_that_block(
     with pytest.raises(DmError):  # hashed in two slices on two threads
         await m.get("v").read(0, 1 << 20)
     assert await read_block(m, "v", 76, 1) == vs.data[76 * 4096 : 77 * 4096]
+
+
+async def test_overlapping_big_reads_are_hashed_on_the_worker_thread(
+    vs: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big reads in flight together are hashed by the worker thread (the trio thread stays
+    free); a corrupted block is still found there."""
+    jobs: list[int] = []
+    real = hashing.block_hasher
+
+    class Counting:
+        def __init__(self, inner: BlockHasher) -> None:
+            self.inner = inner
+
+        def digests(self, data: memoryview, block: int, lo: int, hi: int) -> bytes:
+            return self.inner.digests(data, block, lo, hi)
+
+        def start(self, data: memoryview, block: int, lo: int, hi: int) -> Job[bytes]:
+            jobs.append(hi - lo)
+            return self.inner.start(data, block, lo, hi)
+
+    def counting(name: str, version: int, salt: bytes) -> Counting | None:
+        inner = real(name, version, salt)
+        return None if inner is None else Counting(inner)
+
+    monkeypatch.setattr(hashing, "block_hasher", counting)
+    m = Manager()
+    await m.create("v", vs.table(), readonly=True)
+    dev = m.get("v")
+    await read_block(m, "v", 0)  # both level-0 hash blocks verified and cached
+    await read_block(m, "v", 128)
+    got: dict[int, bytes] = {}
+
+    async def read(i: int) -> None:
+        got[i] = bytes(await dev.read(i * (512 << 10), 512 << 10))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(2):
+            nursery.start_soon(read, i)
+    assert got[0] + got[1] == vs.data[: 1 << 20]
+    assert jobs  # at least the second read went to the worker
+    flip(vs.data_path, 200 * 4096 + 7)
+    results: list[BaseException | None] = []
+
+    async def read_or_fail(i: int) -> None:
+        try:
+            await dev.read(i * (512 << 10), 512 << 10)
+            results.append(None)
+        except DmError as exc:
+            results.append(exc)
+
+    jobs.clear()
+    async with trio.open_nursery() as nursery:
+        for i in range(2):
+            nursery.start_soon(read_or_fail, i)
+    assert jobs and sorted(r is None for r in results) == [False, True]
 
 
 @pytest.mark.parametrize("bad", [0, 77, 200, 255])  # first, either half, last
