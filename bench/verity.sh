@@ -10,10 +10,12 @@
 # that outside load hits them alike.  Prints MB/s per job and the verity/linear ratios.
 # Everything lives in bench/work/verity/ (gitignored); the mount is removed on exit.
 #
-# Last run (2026-11-29 07:40 UTC, defaults, 2 shared vCPUs, load 1.1-1.9 with the benchmark):
-#   lin   psync QD1 3012-3163 MB/s   libaio QD16 3710-3723 MB/s
-#   ver   psync QD1 1401-1645 MB/s   libaio QD16 1314-1325 MB/s   -> 0.49x / 0.36x
-#   once  psync QD1 3198-3313 MB/s   libaio QD16 3623-3950 MB/s   -> 1.05x / 1.02x
+# Last run (2026-11-29 08:07 UTC, defaults, 2 shared vCPUs, load 0.5-1.6 with the benchmark):
+#   lin   psync QD1 3133-3186 MB/s   libaio QD16 3721-3740 MB/s
+#   ver   psync QD1 1304-1313 MB/s   libaio QD16 1632-1694 MB/s   -> 0.41x / 0.45x
+#   once  psync QD1 3114-3149 MB/s   libaio QD16 3476-3661 MB/s   -> 0.99x / 0.96x
+# (07:40 UTC, before overlapping reads went to the worker thread: ver QD1 1401-1645, QD16
+# 1314-1325 MB/s.)
 # (before dmfuse._openssl, load 2-4: verity 950-964 / 929-990 MB/s, 0.27x / 0.29x.)
 # verity is bound by sha256 (SHA-NI, ~0.6 ms per MiB in 4K blocks on one core, shared by both
 # cores); see the man page in dmfuse/targets/verity.py for why 0.7x of linear is out of reach.

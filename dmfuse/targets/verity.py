@@ -68,10 +68,11 @@ engine's generic refusal (the kernel: "Target type does not support messages").
 
 Speed (``bench/verity.sh``: fio 1M sequential reads, O_DIRECT, through one mount, 256 MiB of
 data, 4K blocks, sha256, warm page cache; 2 shared vCPUs):
-  linear 3010-3160 MB/s at psync QD1, 3710-3720 MB/s at libaio QD16 (07:40 UTC, two rounds,
-  load average 1.1-1.9 with the benchmark itself);
-  verity 1400-1645 MB/s at QD1 (0.46-0.52x), 1315-1325 MB/s at QD16 (0.35-0.36x); runs with
-  another job busy on the second vCPU: 1120-1220 MB/s (the helpers stand down, one core);
+  linear 2820-3190 MB/s at psync QD1, 3720-3740 MB/s at libaio QD16 (07:40-08:10 UTC,
+  several rounds, load average 0.5-1.9 with the benchmark itself);
+  verity 1300-1645 MB/s at QD1 (0.41-0.52x), 1630-1690 MB/s at QD16 (0.44-0.46x; 1315-1325
+  before overlapping reads went to the worker thread); runs with another job busy on the
+  second vCPU: 1120-1220 MB/s (the helpers stand down, one core);
   before dmfuse._openssl: 950-965 and 930-990 MB/s, before that 745-780 and 655-665;
   with ``check_at_most_once``, once every block was checked, 1.0-1.05x of linear.
   In-process (engine, no FUSE, 32 MiB, 1M reads): linear 131 us/MiB, verity 482 us/MiB on two
@@ -79,8 +80,10 @@ data, 4K blocks, sha256, warm page cache; 2 shared vCPUs):
 How: a request's expected digests are sliced out of the cached, verified level-0 hash blocks
 at once and compared with the computed ones as one string; the blocks are hashed by OpenSSL in
 C without the GIL (:class:`dmfuse._openssl.BlockHasher`, the salted state copied per block),
-shared by the calling thread and a helper per core.  The data is read with one ``preadv`` per
-request; hash blocks are read one by one, but only on a cache miss.
+shared by the calling thread and a helper per core; when big reads overlap (deep queues) each
+is hashed on the worker thread instead, the trio thread serving FUSE meanwhile
+(:mod:`dmfuse.offload`).  The data is read with one ``preadv`` per request; hash blocks are
+read one by one, but only on a cache miss.
 The issue's goal of 0.7x is NOT met, and cannot be on two vCPUs: sha256 with SHA-NI hashes
 ~1.7 GB/s per core (``openssl speed``; 0.6 ms per MiB in 4K blocks), so 0.7x of linear
 (2.5-3 GB/s) would need 1.5-1.8 cores for hashing alone, while the linear path it adds to
