@@ -83,14 +83,14 @@ Per run, crypt / linear is 0.66-0.79x with 512-byte units (reads 0.66-0.73x, wri
 issue's 0.7x is about met: at or above it in 4 of 8 cells per run, 0.65-0.69x in the others
 (run-to-run noise on this shared machine is ~10%).  The previous (numpy-batched) version gave
 0.25-0.30x.  What is left is the conversion itself, ~0.12 ms per MiB on both cores, added to
-linear's ~0.3 ms per request.  When big requests overlap (deep queues), each
-is handed to the worker thread instead (C, no GIL, one request at a time; the task waits
-on an eventfd): the trio thread keeps its core for FUSE while the converter uses the other
-(linear alone leaves ~50% idle, vmstat).  That gained ~10% on reads at QD16 (2240-2480 vs
+linear's ~0.3 ms per request.  When big requests overlap (deep queues), each is handed to
+the worker thread instead (C, no GIL, one request at a time; the task waits on an eventfd):
+the trio thread keeps its core for FUSE while the worker uses the other (linear alone leaves
+~50% idle, vmstat).  That gained ~10% on reads at QD16 (2240-2480 vs
 1980-2180 MiB/s, three alternating runs) and nothing on writes; a ``trio.to_thread`` version
 of it lost 20-40% (the hop and the IV setup under the GIL).  Requests of at least
 ``Crypt.THREAD_MIN`` (2 MiB: only engine-level callers, FUSE sends at most 1 MiB) always go to
-the converter, so smaller I/O is not queued behind a long conversion
+the worker, so smaller I/O is not queued behind a long conversion
 (``test_big_encryption_does_not_hold_up_small_io``).
 """
 
