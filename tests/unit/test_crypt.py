@@ -369,7 +369,7 @@ async def test_big_encryption_does_not_hold_up_small_io(make_file: Callable[...,
     assert order == ["small", "big"]
 
 
-async def test_overlapping_big_requests_go_to_the_converter_thread(
+async def test_overlapping_big_requests_go_to_the_worker_thread(
     make_file: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Big requests in flight together are converted on the worker thread (the trio
@@ -392,7 +392,7 @@ async def test_overlapping_big_requests_go_to_the_converter_thread(
     chunks = [os.urandom(MiB) for _ in range(8)]
     await dev.write(0, memoryview(chunks[0]))  # alone: inline
     assert started == []
-    async with trio.open_nursery() as nursery:  # together: the converter
+    async with trio.open_nursery() as nursery:  # together: the worker thread
         for i, chunk in enumerate(chunks):
             nursery.start_soon(dev.write, i * MiB, memoryview(chunk))
     assert len(started) >= 7

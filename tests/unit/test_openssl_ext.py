@@ -102,7 +102,7 @@ def test_block_digests_equal_hashlib(prefix: bytes, suffix: bytes, count: int) -
         BlockHasher("NOT-A-HASH", b"", b"")
 
 
-def test_jobs_on_the_converter_thread_equal_convert() -> None:
+def test_jobs_on_the_worker_thread_equal_convert() -> None:
     cipher = UnitCipher("AES-256-XTS", KEY64)
     data = [os.urandom(1 << 20) for _ in range(4)]
     ivs = os.urandom(16 * 2048)
@@ -119,7 +119,7 @@ def test_jobs_on_the_converter_thread_equal_convert() -> None:
         want = bytearray(len(d))
         cipher.convert(d, want, ivs, 512, True)
         assert o == want
-    # a job dropped without finish() is waited for, not freed under the converter's feet
+    # a job dropped without finish() is waited for, not freed under the worker's feet
     buf = bytearray(data[0])
     job = cipher.start(buf, buf, ivs, 512, False)
     del job
