@@ -6,7 +6,8 @@ sits on, raising :class:`TableError` naming the problem exactly like a kernel co
 ``ti->error``.  I/O methods get *target-relative* byte ranges that the dispatcher already checked
 and split (never crossing the target's end or ``io_boundary``), so targets never re-validate.
 A target that maps by the *device's* sector, as some kernel targets do (log-writes, snapshot),
-adds ``begin``: where its table line starts, in bytes (the kernel's ``ti->begin``).
+adds ``begin``: where its table line starts, in bytes (the kernel's ``ti->begin``), and may
+read ``table_size``: the whole table's size in bytes (the kernel's ``dm_table_get_size``).
 
 ``status`` is the kernel's STATUSTYPE_INFO string, ``table`` its STATUSTYPE_TABLE string (which
 must feed back into ``load`` unchanged).
@@ -82,7 +83,10 @@ class Target(abc.ABC):
     ``ti->begin``); the table builder sets it after ``construct``, so it is 0 inside the
     constructor and for a target built by hand.  I/O offsets are ``begin``-relative; adding
     ``begin`` gives the device offset, which is what the kernel's ``bio->bi_iter.bi_sector``
-    holds when a target's ``map`` sees it.
+    holds when a target's ``map`` sees it.  ``table_size`` is the size of the whole table the
+    target is in, in bytes (the kernel's ``dm_table_get_size(ti->table)``): the table builder
+    sets it once every line is built; until then (and for a target built by hand) it is
+    ``length``.
     """
 
     name: ClassVar[str]
@@ -99,6 +103,7 @@ class Target(abc.ABC):
 
     def __init__(self, length: int) -> None:
         self.length = length
+        self.table_size = length
         self.on_event: Callable[[], None] = _no_event
 
     def device_offset(self, backend: Backend, offset: int, length: int) -> int:

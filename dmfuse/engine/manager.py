@@ -128,6 +128,10 @@ class Manager:
                     ) from None
                 target.begin = line.start * SECTOR_SIZE
                 built.append(target)
+            # dm_table_get_size: the device's size, for targets that look past their own line
+            table_size = (lines[-1].start + lines[-1].length) * SECTOR_SIZE if lines else 0
+            for target in built:
+                target.table_size = table_size
         except BaseException:
             for target in built:
                 await target.destroy()

@@ -52,6 +52,14 @@ the origin.  The table check only asks the origin for ``length`` sectors (the ke
 the kernel VM with lines at 1024 and 2048 (tests/unit/test_device_sectors.py): same COW bytes,
 statuses and merged origin.
 
+An origin write (or a merge run overwriting the origin) copies out only to the snapshots whose
+*device* reaches the written sector: as the kernel's ``__origin_write``, a snapshot is skipped
+when the origin sector is at or past the size of the snapshot's whole table (not its line), so
+a snapshot device smaller than the origin never gets exceptions for the origin's tail, and a
+``snapshot`` line followed by other lines still gets copies for origin sectors up to the
+table's end.  Checked in the kernel VM with snapshots of 2048, 4096 and 1024-in-3072 sectors
+of a 4096-sector origin (tests/unit/test_snapshot_sizes.py): same statuses and COW bytes.
+
 Reloading a snapshot (a new table using the same COW while the old one exists) hands its
 exception store over at resume, as the kernel does: the new table shares the live store (so an
 ``N`` snapshot keeps its exceptions); the resume is refused while the other table using the COW
@@ -64,6 +72,12 @@ Differences from the kernel:
   exception, the data running on into the next COW chunk, and the second chunk's sectors still
   reading the origin (seen in the VM, tests/data/kernel/offset_vm.sh).  dmfuse cuts at the
   device's chunk boundaries: two exceptions, and the data reads back.
+* the kernel's ``snapshot-origin`` splits writes at the smallest chunk of the origin's
+  snapshots as of its *own* last resume (``split_boundary``; none if it had no snapshots), so a
+  write spanning two chunks to an origin device not resumed since a snapshot was created copies
+  out only the first chunk, and the snapshot then shows the new data in the second (seen in the
+  VM; lvm resumes the origin after creating a snapshot).  dmfuse splits at the current smallest
+  chunk, so every chunk is copied out.
 * punch-hole is refused (EOPNOTSUPP) even with ``discard_zeroes_cow``: a discard of a chunk
   without an exception leaves the origin data visible, not zeros.  The target's discard itself
   behaves like the kernel's (zero whole exception chunks, pass down to the origin if asked).
@@ -387,8 +401,11 @@ class Snapshot(Target):
 
     # -- the origin's side (called with the origin's chunk lock held) --------------------------
     def needs_copy(self, offset: int) -> bool:
+        # __origin_write: "Nothing to do if writing beyond end of snapshot": the origin sector
+        # is compared with the snapshot's whole table (dm_table_get_size), not its line
         return (
-            self.active
+            offset < self.table_size
+            and self.active
             and not self.handed_off
             and self.store.valid
             and self.store.lookup(offset // self.store.chunk) is None
