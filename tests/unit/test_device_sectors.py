@@ -28,7 +28,7 @@ from dmfuse import logwrites_format as fmt
 from dmfuse import replay_log
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
-from tests.kernel_vm import CACHE, KDM_DIR, KDM_VM
+from tests.kernel_vm import CACHE, require_vm, run_recorded_script
 
 KERNEL = Path(__file__).resolve().parents[1] / "data" / "kernel"
 sys.path.insert(0, str(KERNEL))
@@ -228,31 +228,15 @@ async def test_snapshot_line_not_chunk_aligned_cuts_at_device_chunks(
 @pytest.mark.kernel
 async def test_kernel_vm_recording_is_current() -> None:
     """Rerun offset_vm.sh in the kernel VM: the same output, log and COW as recorded."""
-    if not (KDM_DIR / "vmlinuz").exists() or not KDM_VM.exists():
-        pytest.skip(f"kernel VM not set up ({KDM_DIR}/vmlinuz missing)")
-    work = CACHE / "device-sectors-work"
-    work.mkdir(parents=True, exist_ok=True)
+    require_vm()
     disks = {"a": 2 * MiB, "b": MiB, "c": 2 * MiB, "d": 256 * 1024, "e": MiB, "f": MiB}
     disks["g"] = 256 * 1024
-    for name, size in disks.items():
-        (work / name).write_bytes(bytes(size))
-    for name in ("offset_vm.sh", "offset_ops.py"):
-        (work / name).write_bytes((KERNEL / name).read_bytes())
-    result = await trio.run_process(
-        [
-            str(KDM_VM),
-            "run",
-            str(work),
-            str(work / "offset_vm.sh"),
-            *(str(work / d) for d in disks),
-        ],
-        env=dict(os.environ, KDM_DIR=str(KDM_DIR)),
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
+    returncode = await run_recorded_script(
+        "device-sectors-work", KERNEL / "offset_vm.sh", [KERNEL / "offset_ops.py"], disks
     )
+    work = CACHE / "device-sectors-work"
     out = (work / "offset-vm.out").read_text()
-    assert result.returncode == 0, out
+    assert returncode == 0, out
     assert out == OUTPUT
     assert (work / "b").read_bytes() == gzip.decompress((KERNEL / "offset-lw.log.gz").read_bytes())
     cow = (work / "cow-1.img").read_bytes()

@@ -13,17 +13,15 @@ leave the same statuses and bytes.
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import trio
 
 from dmfuse.engine.manager import Manager
-from tests.kernel_vm import CACHE, KDM_DIR, KDM_VM
+from tests.kernel_vm import CACHE, require_vm, run_recorded_script
 
 KERNEL = Path(__file__).resolve().parents[1] / "data" / "kernel"
 sys.path.insert(0, str(KERNEL))
@@ -139,28 +137,12 @@ async def test_origin_write_skips_snapshots_smaller_than_the_sector(
 @pytest.mark.kernel
 async def test_kernel_vm_recording_is_current() -> None:
     """Rerun snapsize_vm.sh in the kernel VM: the same output as recorded."""
-    if not (KDM_DIR / "vmlinuz").exists() or not KDM_VM.exists():
-        pytest.skip(f"kernel VM not set up ({KDM_DIR}/vmlinuz missing)")
-    work = CACHE / "snapshot-sizes-work"
-    work.mkdir(parents=True, exist_ok=True)
+    require_vm()
     disks = {"a": 2 * MiB, "b": COW, "c": COW, "d": COW}
-    for name, size in disks.items():
-        (work / name).write_bytes(bytes(size))
-    for name in ("snapsize_vm.sh", "offset_ops.py"):
-        (work / name).write_bytes((KERNEL / name).read_bytes())
-    result = await trio.run_process(
-        [
-            str(KDM_VM),
-            "run",
-            str(work),
-            str(work / "snapsize_vm.sh"),
-            *(str(work / d) for d in disks),
-        ],
-        env=dict(os.environ, KDM_DIR=str(KDM_DIR)),
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
+    returncode = await run_recorded_script(
+        "snapshot-sizes-work", KERNEL / "snapsize_vm.sh", [KERNEL / "offset_ops.py"], disks
     )
+    work = CACHE / "snapshot-sizes-work"
     out = (work / "snapsize-vm.out").read_text()
-    assert result.returncode == 0, out
+    assert returncode == 0, out
     assert out == OUTPUT
