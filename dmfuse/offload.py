@@ -9,6 +9,7 @@ work of one request after another on the other core (crypt reads at QD16: ~10% f
 :class:`Overlap` tells the two apart for one target: a big request yields once, so requests
 already received start and count themselves; it is alone if none did and none is at the
 worker.  :meth:`Overlap.wait` waits for a job's eventfd without blocking the trio thread.
+Requests under ``MIN_BYTES`` are always done inline: a handover costs more than they do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dmfuse._openssl import Job
 
 R = TypeVar("R")
 
+MIN_BYTES = 256 << 10
+
 
 class Overlap:
     """Big requests of one target: deciding where each runs, and waiting for jobs."""
@@ -29,12 +32,15 @@ class Overlap:
         self._arriving = 0  # big requests deciding
         self._at_worker = 0  # big requests whose job is at the worker thread
 
-    async def alone(self) -> bool:
-        """Whether this request is the only big one in flight (yields once)."""
+    async def use_worker(self, size: int) -> bool:
+        """Whether a request of ``size`` bytes should go to the worker thread: it is big and
+        other big requests are in flight (a big one yields once to find out)."""
+        if size < MIN_BYTES:
+            return False
         self._arriving += 1
         try:
             await trio.lowlevel.checkpoint()
-            return self._arriving == 1 and not self._at_worker
+            return self._arriving > 1 or self._at_worker > 0
         finally:
             self._arriving -= 1
 

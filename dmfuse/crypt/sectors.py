@@ -174,12 +174,8 @@ class SectorCipher:
         units = len(src) // self.sector_size
         if self.null or len(keys) != 1 or units == 0:
             return None
-        ivs = self._ivs(self._sectors(units, sector))
         key = keys[0]
-        if ivs is None:
-            return key.data.start(src, dst, b"", self.sector_size, encrypt)
-        if key.essiv is not None:
-            key.essiv.convert(ivs, ivs, b"", ivs.nbytes, True)
+        ivs = self._unit_ivs(key, self._ivs(self._sectors(units, sector)))
         return key.data.start(src, dst, ivs, self.sector_size, encrypt)
 
     def _sectors(self, units: int, sector: int) -> NDArray[np.uint64]:
@@ -234,10 +230,15 @@ class SectorCipher:
         encrypt: bool,
     ) -> None:
         """Convert ``src`` into ``dst`` with one subkey, unit by unit."""
-        if ivs is None:  # ecb
-            key.data.convert(src, dst, b"", self.sector_size, encrypt)
-            return
-        if key.essiv is not None:  # ESSIV: the plain64 blocks encrypted with the salt key
+        key.data.convert(src, dst, self._unit_ivs(key, ivs), self.sector_size, encrypt)
+
+    @staticmethod
+    def _unit_ivs(key: _SubKey, ivs: NDArray[np.uint8] | None) -> NDArray[np.uint8] | bytes:
+        """What the subkey's cipher takes as the units' IVs: none for ECB; for ESSIV the
+        plain64 blocks encrypted with the salt key (in place, one ECB call)."""
+        if ivs is None:
+            return b""
+        if key.essiv is not None:
             ivs = np.ascontiguousarray(ivs)
             key.essiv.convert(ivs, ivs, b"", ivs.nbytes, True)
-        key.data.convert(src, dst, ivs, self.sector_size, encrypt)
+        return ivs

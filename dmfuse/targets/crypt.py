@@ -196,9 +196,6 @@ class Crypt(Target):
     name = "crypt"
     version = (1, 28, 0)
 
-    # Requests at least this large go to the worker thread when requests overlap (see
-    # _convert); smaller ones are converted inline, cheaper than the handover.
-    OFFLOAD_MIN = 256 << 10
     # Requests at least this large (engine-level callers only: FUSE hands over at most
     # 1 MiB) always go to the worker thread, so other I/O does not wait for them.
     THREAD_MIN = 2 * 1024 * 1024
@@ -286,9 +283,7 @@ class Crypt(Target):
         trio thread serves other requests (:mod:`dmfuse.offload`).  Very large requests
         always go to the worker, so other I/O does not wait for them."""
         job = None
-        if len(src) >= self.THREAD_MIN or (
-            len(src) >= self.OFFLOAD_MIN and not await self._overlap.alone()
-        ):
+        if len(src) >= self.THREAD_MIN or await self._overlap.use_worker(len(src)):
             job = self.cipher.start(src, dst, sector, encrypt=encrypt)
         if job is None:
             self.cipher.convert(src, dst, sector, encrypt=encrypt)

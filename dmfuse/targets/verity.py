@@ -110,7 +110,6 @@ from dmfuse.verity.tree import Geometry, GeometryError
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = mmap.PAGESIZE
-OFFLOAD_MIN = 256 << 10  # reads this big may be hashed on the worker thread (_read_digests)
 CACHE_BYTES = 16 << 20  # hash blocks kept (verified or not), like dm-bufio's cache
 MAX_CORRUPTED_ERRS = 100  # DM_VERITY_MAX_CORRUPTED_ERRS: log lines per table
 OPTS_MAX = 15  # DM_VERITY_OPTS_MAX = 5 + FEC (8) + signature (2)
@@ -181,8 +180,8 @@ class Verity(Target):
             block_size=g.data_block_size, flush_bios=0, discard_bios=0, write_zeroes=False
         )
         self._digest = hashing.salted(ctor, g.version, salt)
-        self._digests = hashing.salted_blocks(algorithm, ctor, g.version, salt)
         self._hasher = hashing.block_hasher(algorithm, g.version, salt)  # None: hashlib only
+        self._digests = hashing.salted_blocks(ctor, g.version, salt, self._hasher)
         self._overlap = Overlap()  # where big reads are hashed (see _read_digests)
         self._block_bits = g.data_block_size.bit_length() - 1
         self._zero_digest = (
@@ -331,7 +330,7 @@ class Verity(Target):
         thread serves other requests (:mod:`dmfuse.offload`)."""
         bs = self.geometry.data_block_size
         hasher = self._hasher
-        if hasher is not None and count * bs >= OFFLOAD_MIN and not await self._overlap.alone():
+        if hasher is not None and await self._overlap.use_worker(count * bs):
             return await self._overlap.wait(hasher.start(buf, bs, 0, count))
         return self._digests(buf, bs, 0, count)
 

@@ -126,12 +126,13 @@ def block_hasher(name: str, version: int, salt: bytes) -> BlockHasher | None:
         return None
 
 
-def salted_blocks(name: str, ctor: HashCtor, version: int, salt: bytes) -> BlockDigests:
-    """:func:`salted` over a run of blocks in one call (``name``: the kernel's name of
-    ``ctor``'s algorithm): OpenSSL in C if it has the algorithm, else a hashlib loop."""
-    hasher = block_hasher(name, version, salt)
+def salted_blocks(
+    ctor: HashCtor, version: int, salt: bytes, hasher: BlockHasher | None
+) -> BlockDigests:
+    """:func:`salted` over a run of blocks in one call: ``hasher`` (:func:`block_hasher` of
+    the same algorithm, version and salt) if OpenSSL has the algorithm, else a hashlib loop."""
     if hasher is not None:
-        return functools.partial(_evp_digests, hasher)
+        return hasher.digests
     if not salt:
 
         def plain(buf: memoryview, bs: int, lo: int, hi: int) -> bytes:
@@ -160,7 +161,3 @@ def salted_blocks(name: str, ctor: HashCtor, version: int, salt: bytes) -> Block
         return b"".join(out)
 
     return suffixed
-
-
-def _evp_digests(hasher: BlockHasher, buf: memoryview, bs: int, lo: int, hi: int) -> bytes:
-    return hasher.digests(buf, bs, lo, hi)

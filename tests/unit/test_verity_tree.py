@@ -253,7 +253,7 @@ def test_salted_blocks_is_salted_over_a_run(alg: str, version: int, salt: bytes)
     bs = 4096
     buf = memoryview(os.urandom(20 * bs))
     one = hashing.salted(ctor, version, salt)
-    many = hashing.salted_blocks(alg, ctor, version, salt)
+    many = hashing.salted_blocks(ctor, version, salt, hashing.block_hasher(alg, version, salt))
     for lo, hi in ((0, 20), (3, 4), (7, 19), (5, 5)):
         assert many(buf, bs, lo, hi) == b"".join(
             one(buf[i * bs : (i + 1) * bs]) for i in range(lo, hi)
