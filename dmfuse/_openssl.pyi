@@ -21,8 +21,27 @@ class UnitCipher:
     def convert(self, src: _Buf, dst: _Buf, ivs: _Buf, unit: int, encrypt: bool) -> None:
         """Unit ``i`` of ``src`` into unit ``i`` of ``dst`` (may be ``src``) with IV
         ``ivs[i * iv_len : (i + 1) * iv_len]``; no padding; without the GIL."""
+    def convert_from(
+        self, fd: int, offset: int, buf: _Buf, ivs: _Buf, unit: int, encrypt: bool
+    ) -> None:
+        """Read ``len(buf)`` bytes of ``fd`` at ``offset`` into ``buf``, converting them in
+        place piece by piece as they arrive (the pieces shared by the threads).
+        ``EOFError`` if the file ends first, ``OSError`` if a read fails."""
+    def convert_to(
+        self, fd: int, offset: int, src: _Buf, ivs: _Buf, unit: int, encrypt: bool
+    ) -> None:
+        """Convert ``src`` (left unchanged) piece by piece and write it to ``fd`` at
+        ``offset``.  ``OSError`` if a write fails (part of the data may be written)."""
     def start(self, src: _Buf, dst: _Buf, ivs: _Buf, unit: int, encrypt: bool) -> Job[None]:
-        """:meth:`convert` on the worker thread (one thread, jobs in order)."""
+        """:meth:`convert` on the worker thread (jobs in order)."""
+    def start_from(
+        self, fd: int, offset: int, buf: _Buf, ivs: _Buf, unit: int, encrypt: bool
+    ) -> Job[None]:
+        """:meth:`convert_from` on the worker thread; ``finish()`` raises its errors."""
+    def start_to(
+        self, fd: int, offset: int, src: _Buf, ivs: _Buf, unit: int, encrypt: bool
+    ) -> Job[None]:
+        """:meth:`convert_to` on the worker thread; ``finish()`` raises its errors."""
 
 class Job(Generic[_R]):
     """Work on the worker thread (:meth:`UnitCipher.start`, :meth:`BlockHasher.start`)."""
@@ -30,7 +49,8 @@ class Job(Generic[_R]):
     fd: int  # an eventfd, readable once the work is done
 
     def finish(self) -> _R:
-        """Wait if needed, release the buffers, return the result; OpenSSLError if it failed."""
+        """Wait if needed, release the buffers, return the result; OpenSSLError if OpenSSL
+        failed, EOFError/OSError if the job's file read or write did."""
 
 class BlockHasher:
     """An OpenSSL digest (e.g. ``"SHA256"``) over ``prefix || block || suffix``."""

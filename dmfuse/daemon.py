@@ -17,11 +17,12 @@ from typing import Any
 import pyfuse3
 import trio
 
+from dmfuse import offload
 from dmfuse.control.protocol import pid_path, socket_path
 from dmfuse.control.server import ControlServer
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError, TableError
-from dmfuse.fuse import DeviceFiles
+from dmfuse.fuse import DeviceFiles, waiting_requests_probe
 from dmfuse.tabledir import TableDir, bring_up_order
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Daemon:
             await self.manager.shutdown()
             raise DmError(f"mounting {self.mountpoint} failed: {exc}") from None
         self.files.mounted = True
+        offload.watch_waiting_requests(waiting_requests_probe())
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.serve)
@@ -90,6 +92,7 @@ class Daemon:
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 nursery.cancel_scope.cancel()
         finally:
+            offload.watch_waiting_requests(None)
             self.files.mounted = False
             await self.manager.shutdown()
             pyfuse3.close(unmount=True)

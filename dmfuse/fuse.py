@@ -19,6 +19,7 @@ import errno
 import functools
 import logging
 import os
+import select
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,25 @@ def _fuse_error(exc: BaseException) -> pyfuse3.FUSEError:
         return pyfuse3.FUSEError(exc.errno)
     log.error("unexpected error in a FUSE handler", exc_info=exc)
     return pyfuse3.FUSEError(errno.EIO)
+
+
+def waiting_requests_probe() -> Callable[[], bool] | None:
+    """After ``pyfuse3.init``: a function telling whether FUSE requests are waiting to be
+    received (a zero-timeout poll of the session fd), for :mod:`dmfuse.offload`.  pyfuse3
+    does not expose the fd; it is the process's one open ``/dev/fuse`` (None if not exactly
+    one is found)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+                found.append(int(name))
+        except OSError:  # the listing's own fd, already closed
+            continue
+    if len(found) != 1:
+        return None
+    poller = select.poll()
+    poller.register(found[0], select.POLLIN)
+    return lambda: any(events & select.POLLIN for _, events in poller.poll(0))
 
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])

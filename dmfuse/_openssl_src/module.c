@@ -30,6 +30,7 @@
 
 #include <omp.h>
 #include <openssl/err.h>
+#include <errno.h>
 #include <time.h>
 
 PyObject *dmf_OpenSSLError;
@@ -44,19 +45,37 @@ PyObject *dmf_openssl_error(const char *what) {
     return NULL;
 }
 
+/* A request's failed read or write (Request.error) as a Python exception: EOFError when the
+ * file ended first, else OSError with the errno. */
+PyObject *dmf_io_error(int error) {
+    if (error == DMF_EOF) {
+        PyErr_SetString(PyExc_EOFError, "the file ends before the request");
+        return NULL;
+    }
+    errno = error;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
 /* Threads for a job of this many bytes: one per PARALLEL_MIN_BYTES (waking a helper for less
  * work costs more than it saves), at most one per core as OpenMP counts them, and just the
  * calling thread while helpers are being late (see note_wait). */
 #define PARALLEL_MIN_BYTES (128 << 10)
 /* The calling thread waiting this long for helpers after its own share means a helper was
- * descheduled in the middle of a chunk (another process wants that core): the next SOLO_JOBS
- * jobs then run on the calling thread alone, then helpers are tried again.  Measured on the
- * shared 2-vCPU machine with a busy process on the other core: 1 MiB of XTS took 5.5 ms with
- * helpers instead of 0.23 ms alone.  Waking sleeping helpers instead (OMP_WAIT_POLICY=passive)
- * avoids that but costs a wakeup per job, which ate most of the gain on an idle machine. */
+ * descheduled in the middle of a chunk (another process wanted that core, or the hypervisor
+ * was slow to run an idle vCPU again): the next jobs then run on the calling thread alone, then
+ * helpers are tried again.  How many jobs doubles with each stall in a row, from SOLO_JOBS_MIN
+ * up to SOLO_JOBS_MAX, and a job without a stall starts over: a process busy on the other core
+ * is soon left alone (measured with one: 1 MiB of XTS took 5.5 ms with helpers instead of
+ * 0.23 ms alone), while the odd stall of an idle machine costs a few jobs (on this shared
+ * machine one 1 MiB crypt request in 400 stalled at queue depth 1; a fixed 256 solo jobs per
+ * stall made a quarter of all requests run alone).  Waking sleeping helpers instead
+ * (OMP_WAIT_POLICY=passive) avoids stalls but costs a wakeup per job, which ate most of the
+ * gain on an idle machine. */
 #define STALL_NS 200000
-#define SOLO_JOBS 256
+#define SOLO_JOBS_MIN 4
+#define SOLO_JOBS_MAX 256
 static int solo_jobs_left; /* shared by all threads: __atomic builtins */
+static int solo_span = SOLO_JOBS_MIN;
 
 int dmf_team_size(Py_ssize_t bytes) {
     Py_ssize_t wanted = bytes / PARALLEL_MIN_BYTES;
@@ -76,10 +95,20 @@ long long dmf_now_ns(void) {
     return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-/* After a parallel job: own_done is when the calling thread ran out of work. */
+/* After a parallel job: own_done is when the calling thread ran out of work.  The first
+ * parallel job of the process is not judged: OpenMP starts its helper threads during it. */
 void dmf_note_wait(int team, long long own_done) {
-    if (team > 1 && dmf_now_ns() - own_done > STALL_NS)
-        __atomic_store_n(&solo_jobs_left, SOLO_JOBS, __ATOMIC_RELAXED);
+    static int helpers_started;
+    if (team < 2 || !__atomic_exchange_n(&helpers_started, 1, __ATOMIC_RELAXED))
+        return;
+    if (dmf_now_ns() - own_done <= STALL_NS) {
+        __atomic_store_n(&solo_span, SOLO_JOBS_MIN, __ATOMIC_RELAXED);
+        return;
+    }
+    int span = __atomic_load_n(&solo_span, __ATOMIC_RELAXED);
+    __atomic_store_n(&solo_jobs_left, span, __ATOMIC_RELAXED);
+    __atomic_store_n(&solo_span, span < SOLO_JOBS_MAX ? 2 * span : SOLO_JOBS_MAX,
+                     __ATOMIC_RELAXED);
 }
 
 /* ---- module ---------------------------------------------------------------------------- */

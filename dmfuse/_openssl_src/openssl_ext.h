@@ -7,10 +7,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
+#include <sys/types.h>
 
 /* module.c */
 extern PyObject *dmf_OpenSSLError;
 PyObject *dmf_openssl_error(const char *what);
+PyObject *dmf_io_error(int error);
 int dmf_team_size(Py_ssize_t bytes);
 long long dmf_now_ns(void);
 void dmf_note_wait(int team, long long own_done);
@@ -26,16 +28,25 @@ typedef struct {
     int iv_in_place; /* the XTS IV shortcut works with this OpenSSL (see units.c) */
 } UnitCipher;
 
+/* What a conversion does besides converting (UnitCipher.convert / convert_from / convert_to). */
+enum { DMF_IO_NONE, DMF_IO_READ, DMF_IO_WRITE };
+/* A request's error when the file ended before all was read (otherwise errors are errnos). */
+#define DMF_EOF (-1)
+
 /* A conversion's arguments, checked; the buffers are held until released. */
 typedef struct {
-    Py_buffer src, dst, ivs;
+    Py_buffer src, dst, ivs; /* DMF_IO_READ: dst only (read, then converted in place);
+                                DMF_IO_WRITE: src only (converted into scratch, written) */
     Py_ssize_t n;
     int unit, encrypt;
+    int io, fd;   /* DMF_IO_*, and the file read or written */
+    off_t offset; /* where in the file unit 0 is */
+    int error;    /* after the run: 0, the errno of a failed read/write, or DMF_EOF */
 } Request;
 
 extern PyTypeObject dmf_UnitCipherType;
 int dmf_run_request(UnitCipher *self, Request *r, int parallel);
-int dmf_parse_request(UnitCipher *self, PyObject *args, PyObject *kwds, Request *r);
+int dmf_parse_request(UnitCipher *self, PyObject *args, PyObject *kwds, int io, Request *r);
 void dmf_release_request(Request *r);
 
 /* jobs.c: work for the worker thread.  A kind of job fills in run (on the worker thread,
@@ -51,6 +62,7 @@ typedef struct Job {
     int queued; /* handed to the worker thread */
     int done;   /* set by the worker thread under the queue lock, after its last use */
     int ok;
+    int error; /* set by run: an I/O error (Request.error) that finish() raises */
     struct Job *next;
     union {
         Request convert;

@@ -45,6 +45,11 @@ class Backend(abc.ABC):
     async def close(self) -> None:
         """Release what was opened (called when the last table using it is destroyed)."""
 
+    def file_fd(self) -> int | None:
+        """A file descriptor whose byte ``o`` is this backend's byte ``o``, for targets that
+        read and write it from C (crypt), or None if there is none."""
+        return None
+
     def depends_on(self) -> list[str]:
         """Names of dmfuse devices this backend stacks on (for cycle checks)."""
         return []

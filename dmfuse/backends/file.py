@@ -102,5 +102,8 @@ class FileBackend(Backend):
                 raise
             await write_zero_buffers(self.write, offset, length)
 
+    def file_fd(self) -> int:
+        return self.fd
+
     async def close(self) -> None:
         os.close(self.fd)

@@ -164,19 +164,57 @@ class SectorCipher:
     def decrypt(self, buf: memoryview, sector: int) -> None:
         self.convert(buf, buf, sector, encrypt=False)
 
+    @property
+    def one_key(self) -> bool:
+        """Whether a request is one call into OpenSSL, so that it can be handed to the worker
+        thread or read and written from C (:meth:`start`, :meth:`decrypt_from`,
+        :meth:`encrypt_to`): a single keyed cipher, not ``cipher_null`` or several subkeys."""
+        return not self.null and self.keycount == 1
+
     def start(
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
     ) -> Job[None] | None:
         """Like :meth:`convert`, but on the worker thread: the returned job's ``fd`` turns
-        readable when it is done, then ``finish()`` it.  None if there is no single keyed
-        cipher to hand over (``cipher_null``, several subkeys, no units): use convert."""
-        keys = self._keys
-        units = len(src) // self.sector_size
-        if self.null or len(keys) != 1 or units == 0:
+        readable when it is done, then ``finish()`` it.  None if there is nothing to hand
+        over (not :attr:`one_key`, no units): use convert."""
+        if not self.one_key or len(src) < self.sector_size:
             return None
-        key = keys[0]
-        ivs = self._unit_ivs(key, self._ivs(self._sectors(units, sector)))
+        key, ivs = self._one_key_ivs(len(src), sector)
         return key.data.start(src, dst, ivs, self.sector_size, encrypt)
+
+    def decrypt_from(
+        self, fd: int, offset: int, buf: memoryview, sector: int, *, worker: bool
+    ) -> Job[None] | None:
+        """Read ``buf`` from ``fd`` at byte ``offset`` and decrypt it, piece by piece as it
+        arrives (needs :attr:`one_key`): right here (returns None), or on the worker thread
+        (returns the job).  ``EOFError`` if the file ends first, ``OSError`` if a read fails."""
+        key, ivs = self._one_key_ivs(len(buf), sector)
+        if worker:
+            return key.data.start_from(fd, offset, buf, ivs, self.sector_size, False)
+        key.data.convert_from(fd, offset, buf, ivs, self.sector_size, False)
+        return None
+
+    def encrypt_to(
+        self, fd: int, offset: int, data: memoryview, sector: int, *, worker: bool
+    ) -> Job[None] | None:
+        """Encrypt ``data`` (left unchanged) and write it to ``fd`` at byte ``offset``, piece
+        by piece (needs :attr:`one_key`): right here (returns None), or on the worker thread
+        (returns the job).  ``OSError`` if a write fails; a failed request may have written
+        part of its data, as on a disk."""
+        key, ivs = self._one_key_ivs(len(data), sector)
+        if worker:
+            return key.data.start_to(fd, offset, data, ivs, self.sector_size, True)
+        key.data.convert_to(fd, offset, data, ivs, self.sector_size, True)
+        return None
+
+    def _one_key_ivs(self, size: int, sector: int) -> tuple[_SubKey, NDArray[np.uint8] | bytes]:
+        """The single subkey and what its cipher takes as IVs for ``size`` bytes at
+        ``sector``."""
+        if not self._keys:  # wiped: resume is refused, so I/O cannot get here; fail it if it does
+            raise IOFailure("crypt: key is not set")
+        key = self._keys[0]
+        units = size // self.sector_size
+        return key, self._unit_ivs(key, self._ivs(self._sectors(units, sector)))
 
     def _sectors(self, units: int, sector: int) -> NDArray[np.uint64]:
         """The 512-byte sector of each unit, modulo 2^64 like the kernel's sector_t."""

@@ -223,7 +223,9 @@ class Crypt(Target):
         self.opts = opts
         self.unit = opts.sector_size
         self.suspended = False  # the kernel's DM_CRYPT_SUSPENDED (postsuspend .. resume)
-        self._overlap = Overlap()  # where big requests are converted (see _convert)
+        self._overlap = Overlap()  # where big requests are converted (see _use_worker)
+        # Reads and writes go from C straight to a file backend's fd (see read/write).
+        self._fd = dev.file_fd() if cipher.one_key else None
         self.limits = Limits(
             flush_bios=1,
             discard_bios=1 if "allow_discards" in opts.flags else 0,
@@ -263,11 +265,26 @@ class Crypt(Target):
 
     async def read(self, offset: int, buf: memoryview) -> None:
         sector = self._sector(offset, len(buf))
-        await self.dev.read(self.base + offset, buf)
-        await self._convert(buf, buf, sector, encrypt=False)
+        if self._fd is None:
+            await self.dev.read(self.base + offset, buf)
+            await self._convert(buf, buf, sector, encrypt=False)
+            return
+        worker = await self._use_worker(len(buf))
+        try:
+            job = self.cipher.decrypt_from(self._fd, self.base + offset, buf, sector, worker=worker)
+            if job is not None:
+                await self._overlap.wait(job)
+        except EOFError:
+            raise IOFailure(f"{self.dev.display}: read beyond end of device") from None
 
     async def write(self, offset: int, data: memoryview) -> None:
         sector = self._sector(offset, len(data))
+        if self._fd is not None:
+            worker = await self._use_worker(len(data))
+            job = self.cipher.encrypt_to(self._fd, self.base + offset, data, sector, worker=worker)
+            if job is not None:
+                await self._overlap.wait(job)
+            return
         out = _SCRATCH.take(len(data))  # never encrypt the caller's buffer in place
         try:
             await self._convert(data, out, sector, encrypt=True)
@@ -275,15 +292,19 @@ class Crypt(Target):
         finally:
             _SCRATCH.give(out)
 
+    async def _use_worker(self, size: int) -> bool:
+        """Whether a request goes to the worker thread, so that the trio thread serves other
+        requests meanwhile: when big requests overlap (:mod:`dmfuse.offload`), and always for
+        very large ones, so that other I/O does not wait for them.  Otherwise it is done
+        right here on all cores: the caller waits for it anyway."""
+        return size >= self.THREAD_MIN or await self._overlap.use_worker(size)
+
     async def _convert(
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
     ) -> None:
-        """``src`` -> ``dst`` with OpenSSL, without the GIL (:mod:`dmfuse._openssl`): right
-        here on all cores when the request is alone, else on the worker thread while the
-        trio thread serves other requests (:mod:`dmfuse.offload`).  Very large requests
-        always go to the worker, so other I/O does not wait for them."""
+        """``src`` -> ``dst`` with OpenSSL, without the GIL (:mod:`dmfuse._openssl`)."""
         job = None
-        if len(src) >= self.THREAD_MIN or await self._overlap.use_worker(len(src)):
+        if await self._use_worker(len(src)):
             job = self.cipher.start(src, dst, sector, encrypt=encrypt)
         if job is None:
             self.cipher.convert(src, dst, sector, encrypt=encrypt)

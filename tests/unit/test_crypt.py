@@ -345,6 +345,39 @@ async def test_large_requests_use_worker_threads_and_agree(make_file: Callable[.
         assert xts_decrypt(fh.read(len(big)), bytes(range(64)), 0) == big
 
 
+async def test_backing_file_shrunk_under_the_table_fails_reads_with_eio(
+    make_file: Callable[..., str],
+) -> None:
+    """Reads go from C straight to the backing file: one that ends early (shrunk after the
+    table was loaded) fails the read with EIO, inline and on the worker thread alike."""
+    disk = make_file("disk.img", 4 * MiB, seed=None)
+    m = Manager()
+    await m.create("c", f"0 8192 crypt aes-xts-plain64 {K64} 0 {disk} 0")
+    dev = m.get("c")
+    os.truncate(disk, MiB)
+    assert len(await dev.read(0, 4096)) == 4096
+    for offset, size in ((2 * MiB, 4096), (0, Crypt.THREAD_MIN)):
+        with pytest.raises(DmError, match="read beyond end of device") as exc:
+            await dev.read(offset, size)
+        assert exc.value.errno == errno.EIO
+
+
+async def test_crypt_stacked_on_a_mapped_device(make_file: Callable[..., str]) -> None:
+    """Over another device of the mount there is no file to read from C: the target reads
+    through the lower device and converts in memory; the ciphertext is the same."""
+    disk = make_file("disk.img", 4 * MiB, seed=None)
+    m = Manager()
+    await m.create("lower", f"0 8192 linear {disk} 0")
+    await m.create("c", f"0 4096 crypt aes-xts-plain64 {K64} 0 /dev/mapper/lower 2048")
+    dev = m.get("c")
+    data = os.urandom(MiB)
+    await dev.write(0, memoryview(data))
+    assert bytes(await dev.read(0, MiB)) == data
+    with open(disk, "rb") as fh:
+        fh.seek(MiB)
+        assert xts_decrypt(fh.read(MiB), bytes(range(64)), 0) == data
+
+
 async def test_big_encryption_does_not_hold_up_small_io(make_file: Callable[..., str]) -> None:
     """A large write is encrypted off the trio thread: a small read issued after it starts
     finishes first instead of queueing behind the whole encryption."""
@@ -379,16 +412,25 @@ async def test_overlapping_big_requests_go_to_the_worker_thread(
     m = Manager()
     await m.create("c", f"0 32768 crypt aes-xts-plain64 {K64} 0 {disk} 0")
     dev = m.get("c")
-    started: list[int] = []
-    real_start = SectorCipher.start
+    started: list[int] = []  # sectors of the requests handed to the worker thread
+    real_encrypt, real_decrypt = SectorCipher.encrypt_to, SectorCipher.decrypt_from
 
-    def spy(
-        self: SectorCipher, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
+    def spy_encrypt(
+        self: SectorCipher, fd: int, offset: int, data: memoryview, sector: int, *, worker: bool
     ) -> Job[None] | None:
-        started.append(sector)
-        return real_start(self, src, dst, sector, encrypt=encrypt)
+        if worker:
+            started.append(sector)
+        return real_encrypt(self, fd, offset, data, sector, worker=worker)
 
-    monkeypatch.setattr(SectorCipher, "start", spy)
+    def spy_decrypt(
+        self: SectorCipher, fd: int, offset: int, buf: memoryview, sector: int, *, worker: bool
+    ) -> Job[None] | None:
+        if worker:
+            started.append(sector)
+        return real_decrypt(self, fd, offset, buf, sector, worker=worker)
+
+    monkeypatch.setattr(SectorCipher, "encrypt_to", spy_encrypt)
+    monkeypatch.setattr(SectorCipher, "decrypt_from", spy_decrypt)
     chunks = [os.urandom(MiB) for _ in range(8)]
     await dev.write(0, memoryview(chunks[0]))  # alone: inline
     assert started == []
@@ -403,10 +445,12 @@ async def test_overlapping_big_requests_go_to_the_worker_thread(
     async def read(i: int) -> None:
         got[i] = bytes(await dev.read(i * MiB, MiB))
 
+    started.clear()
     async with trio.open_nursery() as nursery:
         for i in range(8):
             nursery.start_soon(read, i)
     assert [got[i] for i in range(8)] == chunks
+    assert len(started) >= 7
     with trio.CancelScope() as scope:  # cancelled while converting: no torn state, no crash
         async with trio.open_nursery() as nursery:
             for i in range(8):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import select
 import threading
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from dmfuse._openssl import BlockHasher, OpenSSLError, UnitCipher
+from dmfuse._openssl import BlockHasher, Job, OpenSSLError, UnitCipher
 
 KEY64 = bytes(range(1, 65))
 
@@ -137,3 +139,81 @@ def test_digest_jobs_on_the_worker_thread_equal_digests() -> None:
     assert job.finish() == hasher.digests(data, 4096, 3, 250)
     with pytest.raises(ValueError, match="are not in the data"):
         hasher.start(data, 4096, 0, 257)
+
+
+def _finished(job: Job[None]) -> None:
+    readable, _, _ = select.select([job.fd], [], [], 10)
+    assert readable == [job.fd]
+    job.finish()
+
+
+@pytest.mark.parametrize("unit", [512, 4096])
+@pytest.mark.parametrize(
+    "size",
+    [4096, 200 << 10, 1 << 20, (3 << 20) + 8192],  # inline, pieces, windows, a partial piece
+)
+@pytest.mark.parametrize("worker", [False, True])
+def test_converting_from_and_to_a_file_equals_convert(
+    tmp_path: Path, unit: int, size: int, worker: bool
+) -> None:
+    """convert_to writes what convert makes, at the offset, leaving the source alone;
+    convert_from reads it back and converts it in place, at once or on the worker thread."""
+    cipher = UnitCipher("AES-256-XTS", KEY64)
+    data = os.urandom(size)
+    ivs = os.urandom(16 * (size // unit))
+    want = bytearray(size)
+    cipher.convert(data, want, ivs, unit, True)
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(size + 3 * 4096))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        source = bytes(data)
+        if worker:
+            _finished(cipher.start_to(fd, 4096, source, ivs, unit, True))
+        else:
+            cipher.convert_to(fd, 4096, source, ivs, unit, True)
+        assert source == data
+        image = path.read_bytes()
+        assert image[4096 : 4096 + size] == want
+        assert image[:4096] == bytes(4096) and image[4096 + size :] == bytes(2 * 4096)
+        back = bytearray(size)
+        if worker:
+            _finished(cipher.start_from(fd, 4096, back, ivs, unit, False))
+        else:
+            cipher.convert_from(fd, 4096, back, ivs, unit, False)
+        assert back == data
+    finally:
+        os.close(fd)
+
+
+def test_file_errors_are_raised_as_oserror_or_eof(tmp_path: Path) -> None:
+    cipher = UnitCipher("AES-128-CBC", bytes(range(16)))
+    path = tmp_path / "short.img"
+    path.write_bytes(bytes(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buf = bytearray(1 << 20)
+        ivs = bytes(16 * 2048)
+        with pytest.raises(EOFError):  # the file ends 512 bytes into the request
+            cipher.convert_from(fd, (1 << 20) - 512, buf, ivs, 512, False)
+        job = cipher.start_from(fd, (1 << 20) - 512, buf, ivs, 512, False)
+        with pytest.raises(EOFError):
+            _finished(job)
+        with pytest.raises(OSError) as raised:  # opened read-only
+            cipher.convert_to(fd, 0, bytes(1 << 20), ivs, 512, True)
+        assert raised.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as raised:
+            _finished(cipher.start_to(full, 0, bytes(1 << 20), ivs, 512, True))
+        assert raised.value.errno == errno.ENOSPC
+    finally:
+        os.close(full)
+    with pytest.raises(ValueError, match="must not be negative"):
+        cipher.convert_from(-1, 0, bytearray(512), bytes(16), 512, False)
+    with pytest.raises(ValueError, match="must not be negative"):
+        cipher.convert_to(0, -512, bytes(512), bytes(16), 512, True)
+    with pytest.raises(ValueError, match="not whole 512-byte units"):
+        cipher.convert_from(0, 0, bytearray(1000), bytes(16), 512, False)
