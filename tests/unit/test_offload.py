@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from dmfuse import offload
+from dmfuse._openssl import UnitCipher
 from dmfuse.fuse import waiting_requests_probe
 from dmfuse.offload import MIN_BYTES, Overlap
 
@@ -18,9 +19,14 @@ async def test_without_a_probe_a_big_request_yields_to_see_others_arrive() -> No
     assert not await overlap.use_worker(MIN_BYTES)  # alone
     assert not await overlap.use_worker(MIN_BYTES - 512)  # small: never
     decided: list[bool] = []
+    cipher = UnitCipher("AES-128-ECB", bytes(16))
+    data = bytes(MIN_BYTES)
 
     async def request() -> None:
-        decided.append(await overlap.use_worker(MIN_BYTES))
+        use = await overlap.use_worker(MIN_BYTES)
+        decided.append(use)
+        if use:  # at the worker: later big requests see it there
+            await overlap.wait(cipher.start(data, bytearray(MIN_BYTES), b"", 512, True))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(request)
