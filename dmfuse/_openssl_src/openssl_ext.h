@@ -7,6 +7,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* module.c */
@@ -33,10 +34,20 @@ enum { DMF_IO_NONE, DMF_IO_READ, DMF_IO_WRITE };
 /* A request's error when the file ended before all was read (otherwise errors are errnos). */
 #define DMF_EOF (-1)
 
+/* The units' IVs: a table of len bytes per unit, or (table NULL) dm-crypt's plain64 made on
+ * the fly: unit i's IV is the little-endian 64-bit first + i * step, zero-padded to len. */
+typedef struct {
+    const unsigned char *table;
+    uint64_t first, step;
+    int len;
+} Ivs;
+
 /* A conversion's arguments, checked; the buffers are held until released. */
 typedef struct {
     Py_buffer src, dst, ivs; /* DMF_IO_READ: dst only (read, then converted in place);
-                                DMF_IO_WRITE: src only (converted into scratch, written) */
+                                DMF_IO_WRITE: src only (converted into scratch, written);
+                                ivs: the IV table, if one was given */
+    Ivs iv;
     Py_ssize_t n;
     int unit, encrypt;
     int io, fd;   /* DMF_IO_*, and the file read or written */

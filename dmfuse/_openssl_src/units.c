@@ -92,31 +92,62 @@ typedef struct {
     int ok;
 } Converter;
 
-static void converter_init(Converter *c, const EVP_CIPHER_CTX *template,
-                           const unsigned char *first_iv, int iv_in_place) {
+/* Unit i's IV into out (ivs->len bytes). */
+static void iv_of(const Ivs *ivs, Py_ssize_t i, unsigned char *out) {
+    if (ivs->table != NULL) {
+        memcpy(out, ivs->table + i * ivs->len, ivs->len);
+        return;
+    }
+    uint64_t sector = ivs->first + (uint64_t)i * ivs->step; /* wraps like the kernel's sector_t */
+    memset(out, 0, ivs->len);
+    for (int b = 0; b < 8 && b < ivs->len; b++)
+        out[b] = (unsigned char)(sector >> (8 * b));
+}
+
+/* The IVs of the units from unit i on. */
+static Ivs ivs_from(const Ivs *ivs, Py_ssize_t i) {
+    Ivs rest = *ivs;
+    if (rest.table != NULL)
+        rest.table += i * rest.len;
+    else
+        rest.first += (uint64_t)i * rest.step;
+    return rest;
+}
+
+static void converter_init(Converter *c, const EVP_CIPHER_CTX *template, const Ivs *ivs,
+                           int iv_in_place) {
+    unsigned char first[EVP_MAX_IV_LENGTH];
     c->live = NULL;
     c->ctx = EVP_CIPHER_CTX_new();
     c->ok = c->ctx != NULL && EVP_CIPHER_CTX_copy(c->ctx, template);
-    if (c->ok && iv_in_place)
-        c->ok = EVP_CipherInit_ex2(c->ctx, NULL, NULL, first_iv, -1, NULL) &&
+    if (c->ok && iv_in_place) {
+        iv_of(ivs, 0, first);
+        c->ok = EVP_CipherInit_ex2(c->ctx, NULL, NULL, first, -1, NULL) &&
                 (c->live = EVP_CIPHER_CTX_iv_noconst(c->ctx)) != NULL;
+    }
 }
 
-/* count units of src into dst, each with its IV (ivs points at the first unit's). */
+/* count units of src into dst, each with its IV (ivs: from the first of them on). */
 static void converter_run(Converter *c, const unsigned char *src, unsigned char *dst,
-                          const unsigned char *ivs, int iv_len, Py_ssize_t count, int unit) {
+                          const Ivs *ivs, Py_ssize_t count, int unit) {
+    unsigned char iv[EVP_MAX_IV_LENGTH];
     for (Py_ssize_t i = 0; i < count && c->ok; i++) {
         const unsigned char *in = src + i * unit;
         unsigned char *out = dst + i * unit;
         int done;
         if (c->live != NULL) {
-            memcpy(c->live, ivs + i * iv_len, iv_len);
+            iv_of(ivs, i, c->live);
             c->ok = EVP_Cipher(c->ctx, out, in, unit) > 0;
-        } else if (iv_len && !EVP_CipherInit_ex2(c->ctx, NULL, NULL, ivs + i * iv_len, -1, NULL)) {
-            c->ok = 0;
-        } else {
-            c->ok = EVP_CipherUpdate(c->ctx, out, &done, in, unit) && done == unit;
+            continue;
         }
+        if (ivs->len) {
+            iv_of(ivs, i, iv);
+            if (!EVP_CipherInit_ex2(c->ctx, NULL, NULL, iv, -1, NULL)) {
+                c->ok = 0;
+                continue;
+            }
+        }
+        c->ok = EVP_CipherUpdate(c->ctx, out, &done, in, unit) && done == unit;
     }
 }
 
@@ -169,9 +200,8 @@ static void set_error(int *error, int value) {
 }
 
 /* A memory-only conversion (DMF_IO_NONE) or convert_from (DMF_IO_READ) on team threads. */
-static int convert_or_read(const EVP_CIPHER_CTX *template, Request *r, int iv_len,
-                           int iv_in_place, int team) {
-    const unsigned char *ivs = r->ivs.buf;
+static int convert_or_read(const EVP_CIPHER_CTX *template, Request *r, int iv_in_place,
+                           int team) {
     Py_ssize_t n = r->n;
     int unit = r->unit, reading = r->io == DMF_IO_READ;
     Py_ssize_t per = UNITS_PER_CHUNK;
@@ -183,12 +213,12 @@ static int convert_or_read(const EVP_CIPHER_CTX *template, Request *r, int iv_le
 #pragma omp parallel num_threads(team) if (team > 1) shared(ok, own_done)
     {
         Converter c;
-        converter_init(&c, template, ivs, iv_in_place && n > 0);
+        converter_init(&c, template, &r->iv, iv_in_place && n > 0);
 #pragma omp for schedule(dynamic, 1) nowait
         for (Py_ssize_t p = 0; p < pieces; p++) {
             Py_ssize_t first = p * per, count = n - first < per ? n - first : per;
             size_t at = (size_t)(first * unit), len = (size_t)(count * unit);
-            const unsigned char *piece_ivs = iv_len ? ivs + first * iv_len : NULL;
+            Ivs piece_ivs = ivs_from(&r->iv, first);
             if (!c.ok || __atomic_load_n(&r->error, __ATOMIC_RELAXED))
                 continue;
             if (reading) {
@@ -197,10 +227,10 @@ static int convert_or_read(const EVP_CIPHER_CTX *template, Request *r, int iv_le
                 if (failed)
                     set_error(&r->error, failed);
                 else
-                    converter_run(&c, buf, buf, piece_ivs, iv_len, count, unit);
+                    converter_run(&c, buf, buf, &piece_ivs, count, unit);
             } else {
                 converter_run(&c, (const unsigned char *)r->src.buf + at,
-                              (unsigned char *)r->dst.buf + at, piece_ivs, iv_len, count, unit);
+                              (unsigned char *)r->dst.buf + at, &piece_ivs, count, unit);
             }
         }
         if (omp_get_thread_num() == 0)
@@ -220,7 +250,8 @@ enum { PIECE_PENDING, PIECE_CONVERTED, PIECE_FAILED };
 /* One window of a convert_to request (see write_window). */
 typedef struct {
     Request *r;
-    const unsigned char *src, *ivs; /* the window's first unit and its IV */
+    const unsigned char *src;       /* the window's first unit */
+    Ivs ivs;                        /* its IVs */
     unsigned char *scratch;
     off_t offset;                   /* where the window goes in the file */
     Py_ssize_t n, per, pieces;      /* units, units per piece, pieces */
@@ -278,12 +309,11 @@ static Py_ssize_t write_runs(Window *w, Py_ssize_t min_run) {
  * writes to a file (ext4: the inode lock): a second writer would mostly sleep on the lock,
  * while one writer overlaps its writes with the other threads' cipher work.  Once out of
  * pieces to convert, the calling thread writes the rest as they become ready. */
-static int write_window(const EVP_CIPHER_CTX *template, Request *r, int iv_len,
-                        int iv_in_place, int team, Py_ssize_t first, Py_ssize_t n,
-                        unsigned char *scratch) {
+static int write_window(const EVP_CIPHER_CTX *template, Request *r, int iv_in_place, int team,
+                        Py_ssize_t first, Py_ssize_t n, unsigned char *scratch) {
     Window w = {.r = r, .scratch = scratch, .n = n};
     w.src = (const unsigned char *)r->src.buf + first * r->unit;
-    w.ivs = iv_len ? (const unsigned char *)r->ivs.buf + first * iv_len : NULL;
+    w.ivs = ivs_from(&r->iv, first);
     w.offset = r->offset + (off_t)(first * r->unit);
     w.per = WRITE_PIECE / r->unit > 0 ? WRITE_PIECE / r->unit : 1;
     if ((n + w.per - 1) / w.per > MAX_PIECES)
@@ -295,15 +325,16 @@ static int write_window(const EVP_CIPHER_CTX *template, Request *r, int iv_len,
 #pragma omp parallel num_threads(team) if (team > 1) shared(ok, own_done, next, w)
     {
         Converter c;
-        converter_init(&c, template, w.ivs, iv_in_place && n > 0);
+        converter_init(&c, template, &w.ivs, iv_in_place && n > 0);
         int writer = omp_get_thread_num() == 0;
         Py_ssize_t left = w.pieces;
         for (;;) {
             Py_ssize_t p = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED), at;
             if (p < w.pieces) {
                 Py_ssize_t count = piece_units(&w, p, &at);
-                converter_run(&c, w.src + at * r->unit, w.scratch + at * r->unit,
-                              w.ivs ? w.ivs + at * iv_len : NULL, iv_len, count, r->unit);
+                Ivs piece_ivs = ivs_from(&w.ivs, at);
+                converter_run(&c, w.src + at * r->unit, w.scratch + at * r->unit, &piece_ivs,
+                              count, r->unit);
                 __atomic_store_n(&w.state[p], c.ok ? PIECE_CONVERTED : PIECE_FAILED,
                                  __ATOMIC_RELEASE);
             } else if (writer && own_done == 0) {
@@ -335,12 +366,11 @@ static int write_window(const EVP_CIPHER_CTX *template, Request *r, int iv_len,
 /* Runs a request on the calling thread and OpenMP's helpers (each with its own copy of the
  * keyed template); returns 1 if the cipher went well (r->error tells of the file's reads and
  * writes).  parallel: whether helpers may be used. */
-static int run_units(const EVP_CIPHER_CTX *template, Request *r, int iv_len, int iv_in_place,
-                     int parallel) {
+static int run_units(const EVP_CIPHER_CTX *template, Request *r, int iv_in_place, int parallel) {
     int team = parallel ? dmf_team_size(r->n * r->unit) : 1;
     r->error = 0;
     if (r->io != DMF_IO_WRITE)
-        return convert_or_read(template, r, iv_len, iv_in_place, team);
+        return convert_or_read(template, r, iv_in_place, team);
     Py_ssize_t window = WRITE_WINDOW / r->unit > 0 ? WRITE_WINDOW / r->unit : 1;
     unsigned char *scratch = thread_scratch((size_t)(window < r->n ? window : r->n) * r->unit);
     if (scratch == NULL && r->n > 0) {
@@ -350,7 +380,7 @@ static int run_units(const EVP_CIPHER_CTX *template, Request *r, int iv_len, int
     int ok = 1;
     for (Py_ssize_t first = 0; first < r->n && ok && !r->error; first += window) {
         Py_ssize_t n = r->n - first < window ? r->n - first : window;
-        ok = write_window(template, r, iv_len, iv_in_place, team, first, n, scratch);
+        ok = write_window(template, r, iv_in_place, team, first, n, scratch);
     }
     return ok;
 }
@@ -368,19 +398,51 @@ static int iv_in_place_works(UnitCipher *self) {
         ivs[i] = (unsigned char)(i * 53 + 1);
     Request r = {.n = UNITS, .unit = UNIT, .io = DMF_IO_NONE, .fd = -1};
     r.src.buf = plain;
-    r.ivs.buf = ivs;
+    r.iv = (Ivs){.table = ivs, .len = 16};
     for (int enc = 0; enc < 2; enc++) {
         const EVP_CIPHER_CTX *template = enc ? self->encrypt : self->decrypt;
         r.dst.buf = slow;
-        int ok = run_units(template, &r, 16, 0, 0);
+        int ok = run_units(template, &r, 0, 0);
         r.dst.buf = fast;
-        ok = ok && run_units(template, &r, 16, 1, 0);
+        ok = ok && run_units(template, &r, 1, 0);
         if (!ok || memcmp(slow, fast, sizeof slow) != 0 || memcmp(slow, slow + UNIT, UNIT) == 0) {
             ERR_clear_error();
             return 0;
         }
     }
     return 1;
+}
+
+/* The ivs argument: a buffer of iv_len bytes per unit, or a tuple (first, step) for plain64
+ * IVs made on the fly (see Ivs).  0, or -1 with an exception. */
+static int parse_ivs(UnitCipher *self, PyObject *ivs, Request *r) {
+    r->iv.len = self->iv_len;
+    if (PyTuple_Check(ivs)) {
+        PyObject *first_obj, *step_obj;
+        if (!PyArg_ParseTuple(ivs, "O!O!", &PyLong_Type, &first_obj, &PyLong_Type, &step_obj))
+            return -1;
+        unsigned long long first = PyLong_AsUnsignedLongLong(first_obj); /* range-checked */
+        unsigned long long step = PyLong_AsUnsignedLongLong(step_obj);
+        if (PyErr_Occurred())
+            return -1;
+        if (self->iv_len < 8) {
+            PyErr_Format(PyExc_ValueError, "plain64 IVs need 8 IV bytes, the cipher has %d",
+                         self->iv_len);
+            return -1;
+        }
+        r->iv.first = first;
+        r->iv.step = step;
+        return 0;
+    }
+    if (PyObject_GetBuffer(ivs, &r->ivs, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (r->ivs.len != r->n * self->iv_len) {
+        PyErr_Format(PyExc_ValueError, "need %zd bytes of IVs, got %zd", r->n * self->iv_len,
+                     r->ivs.len);
+        return -1;
+    }
+    r->iv.table = r->ivs.buf;
+    return 0;
 }
 
 /* Parses the arguments of convert (io DMF_IO_NONE: src, dst), convert_from (DMF_IO_READ: fd,
@@ -390,6 +452,7 @@ int dmf_parse_request(UnitCipher *self, PyObject *args, PyObject *kwds, int io, 
     static char *from_kw[] = {"fd", "offset", "buf", "ivs", "unit", "encrypt", NULL};
     static char *to_kw[] = {"fd", "offset", "src", "ivs", "unit", "encrypt", NULL};
     long long offset = 0;
+    PyObject *ivs;
     int parsed;
     memset(r, 0, sizeof *r);
     r->io = io;
@@ -399,14 +462,14 @@ int dmf_parse_request(UnitCipher *self, PyObject *args, PyObject *kwds, int io, 
         return -1;
     }
     if (io == DMF_IO_READ)
-        parsed = PyArg_ParseTupleAndKeywords(args, kwds, "iLw*y*ip", from_kw, &r->fd, &offset,
-                                             &r->dst, &r->ivs, &r->unit, &r->encrypt);
+        parsed = PyArg_ParseTupleAndKeywords(args, kwds, "iLw*Oip", from_kw, &r->fd, &offset,
+                                             &r->dst, &ivs, &r->unit, &r->encrypt);
     else if (io == DMF_IO_WRITE)
-        parsed = PyArg_ParseTupleAndKeywords(args, kwds, "iLy*y*ip", to_kw, &r->fd, &offset,
-                                             &r->src, &r->ivs, &r->unit, &r->encrypt);
+        parsed = PyArg_ParseTupleAndKeywords(args, kwds, "iLy*Oip", to_kw, &r->fd, &offset,
+                                             &r->src, &ivs, &r->unit, &r->encrypt);
     else
-        parsed = PyArg_ParseTupleAndKeywords(args, kwds, "y*w*y*ip", memory_kw, &r->src, &r->dst,
-                                             &r->ivs, &r->unit, &r->encrypt);
+        parsed = PyArg_ParseTupleAndKeywords(args, kwds, "y*w*Oip", memory_kw, &r->src, &r->dst,
+                                             &ivs, &r->unit, &r->encrypt);
     if (!parsed)
         return -1;
     r->offset = (off_t)offset;
@@ -416,12 +479,9 @@ int dmf_parse_request(UnitCipher *self, PyObject *args, PyObject *kwds, int io, 
         PyErr_Format(PyExc_ValueError, "%zd bytes are not whole %d-byte units", len, r->unit);
     } else if (io == DMF_IO_NONE && r->dst.len != r->src.len) {
         PyErr_SetString(PyExc_ValueError, "src and dst differ in length");
-    } else if (r->ivs.len != r->n * self->iv_len) {
-        PyErr_Format(PyExc_ValueError, "need %zd bytes of IVs, got %zd", r->n * self->iv_len,
-                     r->ivs.len);
     } else if (io != DMF_IO_NONE && (r->fd < 0 || offset < 0)) {
         PyErr_SetString(PyExc_ValueError, "fd and offset must not be negative");
-    } else {
+    } else if (parse_ivs(self, ivs, r) == 0) {
         return 0;
     }
     dmf_release_request(r);
@@ -436,7 +496,7 @@ void dmf_release_request(Request *r) {
 
 int dmf_run_request(UnitCipher *self, Request *r, int parallel) {
     const EVP_CIPHER_CTX *template = r->encrypt ? self->encrypt : self->decrypt;
-    return run_units(template, r, self->iv_len, self->iv_in_place, parallel);
+    return run_units(template, r, self->iv_in_place, parallel);
 }
 
 /* convert, convert_from, convert_to: right here, without the GIL. */

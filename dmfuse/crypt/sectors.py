@@ -53,6 +53,8 @@ _CHAIN_IV_SIZE = {"xts": 16, "cbc": 16, "ctr": 16, "ecb": 0}
 _AES_KEYS = (16, 24, 32)
 
 _MASK64 = 2**64 - 1
+# IVs as dmfuse._openssl takes them: a table (bytes per unit), or (first, step) for plain64.
+_UnitIvs = NDArray[np.uint8] | bytes | tuple[int, int]
 _OPENSSL_MODE = {"xts": "XTS", "cbc": "CBC", "ctr": "CTR", "ecb": "ECB"}
 
 
@@ -207,14 +209,21 @@ class SectorCipher:
         key.data.convert_to(fd, offset, data, ivs, self.sector_size, True)
         return None
 
-    def _one_key_ivs(self, size: int, sector: int) -> tuple[_SubKey, NDArray[np.uint8] | bytes]:
+    def _one_key_ivs(self, size: int, sector: int) -> tuple[_SubKey, _UnitIvs]:
         """The single subkey and what its cipher takes as IVs for ``size`` bytes at
         ``sector``."""
         if not self._keys:  # wiped: resume is refused, so I/O cannot get here; fail it if it does
             raise IOFailure("crypt: key is not set")
         key = self._keys[0]
-        units = size // self.sector_size
-        return key, self._unit_ivs(key, self._ivs(self._sectors(units, sector)))
+        return key, self._key_ivs(key, size // self.sector_size, sector)
+
+    def _key_ivs(self, key: _SubKey, units: int, sector: int) -> _UnitIvs:
+        """What ``key``'s cipher takes as the IVs of ``units`` units from ``sector`` on:
+        plain64 (IV sectors one per 512 bytes) as ``(first, step)``, which dmfuse._openssl
+        makes itself (7 us per MiB less than numpy here); other modes as a table."""
+        if self.ivmode == "plain64" and not self.iv_shift:
+            return (sector & _MASK64, self.step)
+        return self._unit_ivs(key, self._ivs(self._sectors(units, sector)))
 
     def _sectors(self, units: int, sector: int) -> NDArray[np.uint64]:
         """The 512-byte sector of each unit, modulo 2^64 like the kernel's sector_t."""
@@ -243,11 +252,12 @@ class SectorCipher:
         units = len(src) // size
         if units == 0:
             return
+        if len(keys) == 1:
+            key = keys[0]
+            key.data.convert(src, dst, self._key_ivs(key, units, sector), size, encrypt)
+            return
         sectors = self._sectors(units, sector)
         ivs = self._ivs(sectors)
-        if len(keys) == 1:
-            self._run(keys[0], src, dst, ivs, encrypt)
-            return
         # several subkeys: unit u uses subkey (sector & (keycount - 1)); gather per subkey
         index = sectors & np.uint64(self.keycount - 1)
         source = np.frombuffer(src, dtype=np.uint8).reshape(units, size)

@@ -217,3 +217,24 @@ def test_file_errors_are_raised_as_oserror_or_eof(tmp_path: Path) -> None:
         cipher.convert_to(0, -512, bytes(512), bytes(16), 512, True)
     with pytest.raises(ValueError, match="not whole 512-byte units"):
         cipher.convert_from(0, 0, bytearray(1000), bytes(16), 512, False)
+
+
+@pytest.mark.parametrize(
+    ("first", "step", "unit"),
+    [(0, 1, 512), (2**64 - 5, 1, 512), (1000, 8, 4096), (7, 1, 4096)],  # wraps like sector_t
+)
+def test_plain64_ivs_made_in_c_equal_a_table(first: int, step: int, unit: int) -> None:
+    cipher = UnitCipher("AES-256-XTS", KEY64)
+    data = os.urandom(1 << 20)
+    n = len(data) // unit
+    table = b"".join(
+        ((first + i * step) % 2**64).to_bytes(8, "little") + bytes(8) for i in range(n)
+    )
+    made, given = bytearray(len(data)), bytearray(len(data))
+    cipher.convert(data, made, (first, step), unit, True)
+    cipher.convert(data, given, table, unit, True)
+    assert made == given == reference_xts(data, table, unit, True)
+    with pytest.raises(ValueError, match="plain64 IVs need 8 IV bytes"):
+        UnitCipher("AES-128-ECB", bytes(16)).convert(bytes(512), bytearray(512), (0, 1), 512, True)
+    with pytest.raises(OverflowError):
+        cipher.convert(data, made, (-1, 1), unit, True)
