@@ -50,7 +50,8 @@ class UnitCipher:
 class Job(Generic[_R]):
     """Work on the worker thread (:meth:`UnitCipher.start`, :meth:`BlockHasher.start`)."""
 
-    fd: int  # an eventfd, readable once the work is done
+    fd: int  # the eventfd all jobs share: readable once a job is done; -1 once finished
+    done: bool  # the worker thread is done with it
 
     def finish(self) -> _R:
         """Wait if needed, release the buffers, return the result; OpenSSLError if OpenSSL

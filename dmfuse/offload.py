@@ -11,15 +11,20 @@ the target's jobs is at the worker, or if more requests are waiting to be receiv
 edge installs a probe for that (:func:`watch_waiting_requests`, a poll of its session fd,
 ~1 us).  Without a probe (engine-level callers, tests) a big request yields once instead, so
 requests already received start and count themselves (~13 us of trio scheduling per request,
-measured: 5% of a 1 MiB crypt read at QD1).  :meth:`Overlap.wait` waits for a job's eventfd
-without blocking the trio thread.  Requests under ``MIN_BYTES`` are always done inline: a
-handover costs more than they do.
+measured: 5% of a 1 MiB crypt read at QD1).  Requests under ``MIN_BYTES`` are always done
+inline: a handover costs more than they do.
+
+:meth:`Overlap.wait` waits for a job without blocking the trio thread.  All jobs signal one
+eventfd; one system task per trio run waits on it and wakes the tasks whose jobs are done
+(:class:`_Completions`), so a job costs no fd or epoll registration of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -36,6 +41,35 @@ def watch_waiting_requests(waiting: Callable[[], bool] | None) -> None:
     """Install (or with None remove) the process's probe for requests waiting to be received."""
     global _waiting
     _waiting = waiting
+
+
+class _Completions:
+    """The jobs being waited for in one trio run, and the task that wakes their waiters."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd  # the eventfd all jobs share
+        self.waiting: dict[Job[Any], trio.Event] = {}
+
+    async def run(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self.fd)
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self.fd)  # back to zero: the next done job makes it readable
+            for job in [job for job in self.waiting if job.done]:
+                self.waiting.pop(job).set()
+
+
+_COMPLETIONS: trio.lowlevel.RunVar[_Completions] = trio.lowlevel.RunVar("dmfuse_completions")
+
+
+def _completions(fd: int) -> _Completions:
+    try:
+        return _COMPLETIONS.get()
+    except LookupError:
+        completions = _Completions(fd)
+        _COMPLETIONS.set(completions)
+        trio.lowlevel.spawn_system_task(completions.run, name="dmfuse job completions")
+        return completions
 
 
 class Overlap:
@@ -67,8 +101,11 @@ class Overlap:
         request's buffers until then."""
         self._at_worker += 1
         try:
-            with trio.CancelScope(shield=True):
-                await trio.lowlevel.wait_readable(job.fd)
+            if not job.done:
+                done = trio.Event()
+                _completions(job.fd).waiting[job] = done
+                with trio.CancelScope(shield=True):
+                    await done.wait()
         finally:
             self._at_worker -= 1
         return job.finish()
