@@ -12,14 +12,19 @@
 # psync QD1 and libaio QD16 reads then writes; prints MiB/s and the load average per job.
 # Everything lives in bench/work/crypt/ (gitignored); mount and daemon are removed on exit.
 #
-# Last runs (2026-11-29 07:53 and 07:56 UTC, dmfuse._openssl: OpenSSL per unit in C on both
-# cores, converter thread for overlapping requests; 2 shared CPUs, load 1.2-2.3), MiB/s:
-#   device      read QD1   read QD16  write QD1  write QD16
-#   linl        2953-3174  3339-3497  2081-2190  2356-2412
-#   cryl        2079-2148  2306-2520  1643-1669  1622-1629   (numpy-batched: 985 968 866 805)
-#   cry4k       2224-2334  2265-2418  1588-1710  1578-1605   (numpy-batched: 868 861 747 731)
-#   qsd          307-324    357-371    349-371    389-404
-# crypt / linear: 0.66-0.79x (512-byte units), 0.65-0.78x (4096).
+# Last runs (2026-11-29, 2 shared CPUs; dmfuse._openssl: OpenSSL per unit in C, reading and
+# writing the backing file piece by piece on both cores; worker thread for overlapping
+# requests), MiB/s, crypt / linear in brackets:
+#   device      read QD1      read QD16     write QD1     write QD16
+#   09:50 linl  3516          4202          2810          2779
+#   09:50 cryl  2815 (0.80x)  3147 (0.75x)  2120 (0.75x)  2263 (0.81x)
+#   09:50 cry4k 3374 (0.96x)  3227 (0.77x)  2284 (0.81x)  2446 (0.88x)
+#   10:00 linl  3256          3318          2264          2541
+#   10:00 cryl  2703 (0.83x)  2607 (0.79x)  2047 (0.90x)  2388 (0.94x)
+#   10:00 cry4k 2998 (0.92x)  3369 (1.02x)  2241 (0.99x)  2467 (0.97x)
+#   qsd         306-327       334-351       353-377       391-407
+# Noise between runs is 10-20% even for linl: compare within a run.  Earlier versions:
+# 0.66-0.79x (OpenSSL in C, I/O in Python), 0.25-0.30x (numpy-batched).
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"

@@ -10,9 +10,16 @@
  *   UnitCipher(name, key)            an OpenSSL cipher ("AES-256-XTS", "AES-128-CBC", ...)
  *     .convert(src, dst, ivs, unit, encrypt)
  *                                    unit i of src -> unit i of dst (dst may be src), with
- *                                    IV ivs[i*iv_len : (i+1)*iv_len]; no padding
- *     .start(...) -> Job             the same on the worker thread; job.fd (an eventfd)
- *                                    turns readable when done, then job.finish()
+ *                                    IV ivs[i*iv_len : (i+1)*iv_len], or dm-crypt's plain64
+ *                                    IVs if ivs is (first, step); no padding
+ *     .convert_from(fd, offset, buf, ivs, unit, encrypt)
+ *                                    read buf from the file, converting pieces as they come
+ *     .convert_to(fd, offset, src, ivs, unit, encrypt)
+ *                                    write src, converted, to the file (src is not changed)
+ *     .start/.start_from/.start_to(...) -> Job
+ *                                    the same on the worker thread: job.done says when, the
+ *                                    eventfd job.fd (shared by all jobs) turns readable then;
+ *                                    job.finish() releases it and raises its errors
  *   BlockHasher(name, prefix, suffix)
  *     .digests(data, block, lo, hi)  H(prefix || block_i || suffix) for blocks [lo, hi),
  *                                    back to back (dm-verity's salting: v1 prefix, v0 suffix)
@@ -23,7 +30,7 @@
  * are shared by the calling thread and OpenMP's helper threads (one per core), unless helpers
  * have lately been late (another process busy on their core: see dmf_note_wait).
  *
- * Sources: units.c (UnitCipher, and its XTS IV shortcut), jobs.c (the worker thread),
+ * Sources: units.c (UnitCipher, its XTS IV shortcut, its file I/O), jobs.c (worker threads),
  * hash.c (BlockHasher), this file (the module, errors, and when to use helper threads).
  */
 #include "openssl_ext.h"

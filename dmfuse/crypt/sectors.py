@@ -12,12 +12,15 @@ only, halves not equal: what OpenSSL's XTS accepts; the kernel takes both), ``cb
 and ``ecb``, and ``cipher_null`` in ``ecb``; ESSIV with the hashlib digests whose names match
 the kernel's.  Everything else is refused as the kernel refuses an algorithm it does not have.
 
-Speed: a request is converted by one call into :mod:`dmfuse._openssl`, which walks the units
-in C with the GIL released and gives each its IV (OpenSSL's own XTS/CBC/CTR/ECB; no cipher
-code here).  The IVs of all units are made at once with :func:`~dmfuse.crypt.ivgen.iv_array`
-(ESSIV: then encrypted with the salt key in one ECB call).  Keyed contexts are built once per
-key.  Several subkeys (``aes:2-...``): the units of each subkey are gathered and converted
-together.  IV sectors are taken modulo 2^64, as the kernel's ``sector_t``.
+Speed: a request is converted by one call into :mod:`dmfuse._openssl`, which walks the units in
+C with the GIL released and gives each its IV (OpenSSL's own XTS/CBC/CTR/ECB; no cipher code
+here); with one key it can also read the request from, or write it to, a file
+(:meth:`SectorCipher.decrypt_from`, :meth:`SectorCipher.encrypt_to`).  plain64 IVs (the usual
+mode) are made in C from the first sector and the step; other IV modes are made at once with
+:func:`~dmfuse.crypt.ivgen.iv_array` (ESSIV: then encrypted with the salt key in one ECB call).
+Keyed contexts are built once per key.  Several subkeys (``aes:2-...``): the units of each
+subkey are gathered and converted together.  IV sectors are taken modulo 2^64, as the kernel's
+``sector_t``.
 """
 
 from __future__ import annotations

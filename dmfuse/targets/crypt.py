@@ -57,41 +57,53 @@ back by the daemon holds the key (mode 0600, like the kernel's table); to keep a
 process arguments load tables from a file or stdin rather than ``--table``.  ``key set``
 takes the key as a message argument, as ``dmsetup message`` does.
 
-Speed.  A request is converted by one call into :mod:`dmfuse._openssl`: OpenSSL's own
-XTS/CBC/CTR/ECB applied unit by unit in C, without the GIL, the units shared by the calling
-thread and an OpenMP helper per core (big requests), falling back to the calling thread alone
-for a while whenever a helper turns out to be descheduled (a busy machine).  XTS units take
-their IV in place (checked at start-up against OpenSSL's documented per-unit re-init).  Per
-MiB on this machine: XTS 512-byte units ~0.23 ms on one core, ~0.12 ms on two (4096-byte units
-0.17 / 0.08 ms); the cost left is OpenSSL's per-call work, 2048 calls per MiB.  Writes encrypt
-into reused scratch buffers (a fresh zeroed megabyte per write cost a third of the time).
-``bench/crypt.sh`` (fio, 1M sequential, O_DIRECT, one warm LUKS1 container behind every
-device, 2 shared vCPUs; two runs, 07:53 and 07:56 UTC 2026-11-29, load average 1.2-2.3 with
-the benchmark itself), MiB/s:
+Speed.  OpenSSL does the cipher (XTS/CBC/CTR/ECB, one unit at a time, each with its IV) in
+C, without the GIL (:mod:`dmfuse._openssl`); XTS units take their IV in place (checked at
+start-up against OpenSSL's documented per-unit re-init), and plain64 IVs are made in C.
+Over a file backend the C code also does the file I/O, so the copies to and from the page
+cache run on all cores alongside the cipher instead of before or after it on one:
 
-    ==========================  =========  =========  =========  ==========
-    device                      read QD1   read QD16  write QD1  write QD16
-    ==========================  =========  =========  =========  ==========
-    linear                      2953-3174  3339-3497  2081-2190  2356-2412
-    crypt aes-xts-plain64       2079-2148  2306-2520  1643-1669  1622-1629
-     + sector_size:4096         2224-2334  2265-2418  1588-1710  1578-1605
-    qemu-storage-daemon LUKS    307-324    357-371    349-371    389-404
-    ==========================  =========  =========  =========  ==========
+* a read is read in 128 KiB pieces, the pieces shared by the calling thread and an OpenMP
+  helper per core; each thread decrypts its piece in place while it is still in its cache;
+* a write is encrypted in 64 KiB pieces by all threads into the calling thread's scratch
+  buffer, and the calling thread writes runs of finished pieces as they come: one writer,
+  because the file system serialises writes to a file (ext4's inode lock), so a second
+  writer would wait while it could encrypt.  The caller's buffer is never changed.
 
-Per run, crypt / linear is 0.66-0.79x with 512-byte units (reads 0.66-0.73x, writes
-0.67-0.79x) and 0.65-0.78x with 4096-byte units; crypt is 4-8x qemu's LUKS driver.  So the
-issue's 0.7x is about met: at or above it in 4 of 8 cells per run, 0.65-0.69x in the others
-(run-to-run noise on this shared machine is ~10%).  The previous (numpy-batched) version gave
-0.25-0.30x.  What is left is the conversion itself, ~0.12 ms per MiB on both cores, added to
-linear's ~0.3 ms per request.  When big requests overlap (deep queues), each is handed to
-the worker thread instead (C, no GIL, one request at a time; the task waits on an eventfd):
-the trio thread keeps its core for FUSE while the worker uses the other (linear alone leaves
-~50% idle, vmstat).  That gained ~10% on reads at QD16 (2240-2480 vs
-1980-2180 MiB/s, three alternating runs) and nothing on writes; a ``trio.to_thread`` version
-of it lost 20-40% (the hop and the IV setup under the GIL).  Requests of at least
-``Crypt.THREAD_MIN`` (2 MiB: only engine-level callers, FUSE sends at most 1 MiB) always go to
-the worker, so smaller I/O is not queued behind a long conversion
+Over another device of the mount the target reads and writes through it and converts in
+memory.  Helpers that turn out descheduled (another process on their core, or the hypervisor
+slow to run an idle vCPU) make the next jobs run on the calling thread alone, 4 at first and
+twice as many per stall in a row.  When big requests overlap (deep queues: requests waiting
+on the FUSE fd, or another of the target's requests at the worker), each is handed whole to
+the worker thread (C; the task waits for it in trio), so the trio thread keeps its core for
+FUSE; requests of at least ``Crypt.THREAD_MIN`` (2 MiB: only engine-level callers, FUSE sends
+at most 1 MiB) always go there, so smaller I/O is not queued behind a long conversion
 (``test_big_encryption_does_not_hold_up_small_io``).
+
+Measured with ``bench/crypt.sh`` (fio, 1M sequential, O_DIRECT, one warm LUKS1 container
+behind every device, 2 shared vCPUs; MiB/s; crypt / linear in brackets), 2026-11-29:
+
+    ==========================  ==============  ==============  ==============  ==============
+    run (UTC)                   read QD1        read QD16       write QD1       write QD16
+    ==========================  ==============  ==============  ==============  ==============
+    09:50  linear               3516            4202            2810            2779
+    09:50  crypt xts-plain64    2815 (0.80x)    3147 (0.75x)    2120 (0.75x)    2263 (0.81x)
+    09:50   + sector_size:4096  3374 (0.96x)    3227 (0.77x)    2284 (0.81x)    2446 (0.88x)
+    10:00  linear               3256            3318            2264            2541
+    10:00  crypt xts-plain64    2703 (0.83x)    2607 (0.79x)    2047 (0.90x)    2388 (0.94x)
+    10:00   + sector_size:4096  2998 (0.92x)    3369 (1.02x)    2241 (0.99x)    2467 (0.97x)
+    qemu-storage-daemon LUKS    306-327         334-351         353-377         391-407
+    ==========================  ==============  ==============  ==============  ==============
+
+(The 09:50 run predates plain64 IVs in C and the shared job eventfd.)  Run-to-run noise on this
+shared machine is 10-20% even for linear, so ratios are taken within a run: interleaved 2 s
+runs (4-5 per cell, three sessions of them) gave per-cell medians of 0.76-0.91x.  crypt is 5-9x
+qemu's LUKS driver.  The earlier versions: 0.66-0.79x (convert in C, I/O in Python), 0.25-0.30x
+(numpy-batched).  What is left is the cipher itself: 0.21 ms per MiB of 512-byte XTS units on
+one core (OpenSSL 3.0 here; 4096-byte units 0.17 ms), which linear does not pay.  Tried and
+dropped: a second worker thread (no gain at QD16: the workers took turns on the core the trio
+thread needs), writing from every thread (they waited on the inode lock), a ``trio.to_thread``
+converter (20-40% slower), a Python-level thread split.
 """
 
 from __future__ import annotations
