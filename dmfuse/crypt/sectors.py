@@ -179,9 +179,9 @@ class SectorCipher:
     def start(
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
     ) -> Job[None] | None:
-        """Like :meth:`convert`, but on the worker thread: the returned job's ``fd`` turns
-        readable when it is done, then ``finish()`` it.  None if there is nothing to hand
-        over (not :attr:`one_key`, no units): use convert."""
+        """Like :meth:`convert`, but on the worker thread: wait for the returned job
+        (:meth:`dmfuse.offload.Overlap.wait`), which finishes it.  None if there is nothing to
+        hand over (not :attr:`one_key`, no units): use convert."""
         if not self.one_key or len(src) < self.sector_size:
             return None
         key, ivs = self._one_key_ivs(len(src), sector)
