@@ -92,6 +92,15 @@ typedef struct {
     int ok;
 } Converter;
 
+/* Frees a thread's converter; clears *ok (shared by the team) if it failed. */
+static void converter_free(Converter *c, int *ok) {
+    EVP_CIPHER_CTX_free(c->ctx); /* cleanses the key schedule */
+    if (!c->ok) {
+#pragma omp atomic write
+        *ok = 0;
+    }
+}
+
 /* Unit i's IV into out (ivs->len bytes). */
 static void iv_of(const Ivs *ivs, Py_ssize_t i, unsigned char *out) {
     if (ivs->table != NULL) {
@@ -235,11 +244,7 @@ static int convert_or_read(const EVP_CIPHER_CTX *template, Request *r, int iv_in
         }
         if (omp_get_thread_num() == 0)
             own_done = dmf_now_ns();
-        EVP_CIPHER_CTX_free(c.ctx);
-        if (!c.ok) {
-#pragma omp atomic write
-            ok = 0;
-        }
+        converter_free(&c, &ok);
     }
     dmf_note_wait(team, own_done);
     return ok;
@@ -353,11 +358,7 @@ static int write_window(const EVP_CIPHER_CTX *template, Request *r, int iv_in_pl
         }
         if (writer && own_done == 0) /* it converted the last piece itself */
             own_done = dmf_now_ns();
-        EVP_CIPHER_CTX_free(c.ctx);
-        if (!c.ok) {
-#pragma omp atomic write
-            ok = 0;
-        }
+        converter_free(&c, &ok);
     }
     dmf_note_wait(team, own_done);
     return ok && !w.failed;
