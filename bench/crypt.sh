@@ -22,7 +22,10 @@
 #   10:00 linl  3256          3318          2264          2541
 #   10:00 cryl  2703 (0.83x)  2607 (0.79x)  2047 (0.90x)  2388 (0.94x)
 #   10:00 cry4k 2998 (0.92x)  3369 (1.02x)  2241 (0.99x)  2467 (0.97x)
-#   qsd         306-327       334-351       353-377       391-407
+#   10:08 linl  2979          3632          2129          2433
+#   10:08 cryl  2627 (0.88x)  2562 (0.71x)  2032 (0.95x)  2209 (0.91x)
+#   10:08 cry4k 3275 (1.10x)  2903 (0.80x)  1454 (0.68x)  2329 (0.96x)
+#   qsd         306-327       334-360       353-377       391-407
 # Noise between runs is 10-20% even for linl: compare within a run.  Earlier versions:
 # 0.66-0.79x (OpenSSL in C, I/O in Python), 0.25-0.30x (numpy-batched).
 set -euo pipefail

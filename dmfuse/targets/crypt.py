@@ -92,18 +92,25 @@ behind every device, 2 shared vCPUs; MiB/s; crypt / linear in brackets), 2026-11
     10:00  linear               3256            3318            2264            2541
     10:00  crypt xts-plain64    2703 (0.83x)    2607 (0.79x)    2047 (0.90x)    2388 (0.94x)
     10:00   + sector_size:4096  2998 (0.92x)    3369 (1.02x)    2241 (0.99x)    2467 (0.97x)
-    qemu-storage-daemon LUKS    306-327         334-351         353-377         391-407
+    10:08  linear               2979            3632            2129            2433
+    10:08  crypt xts-plain64    2627 (0.88x)    2562 (0.71x)    2032 (0.95x)    2209 (0.91x)
+    10:08   + sector_size:4096  3275 (1.10x)    2903 (0.80x)    1454 (0.68x)    2329 (0.96x)
+    qemu-storage-daemon LUKS    306-327         334-360         353-377         391-407
     ==========================  ==============  ==============  ==============  ==============
 
-(The 09:50 run predates plain64 IVs in C and the shared job eventfd.)  Run-to-run noise on this
-shared machine is 10-20% even for linear, so ratios are taken within a run: interleaved 2 s
-runs (4-5 per cell, three sessions of them) gave per-cell medians of 0.76-0.91x.  crypt is 5-9x
-qemu's LUKS driver.  The earlier versions: 0.66-0.79x (convert in C, I/O in Python), 0.25-0.30x
-(numpy-batched).  What is left is the cipher itself: 0.21 ms per MiB of 512-byte XTS units on
-one core (OpenSSL 3.0 here; 4096-byte units 0.17 ms), which linear does not pay.  Tried and
-dropped: a second worker thread (no gain at QD16: the workers took turns on the core the trio
-thread needs), writing from every thread (they waited on the inode lock), a ``trio.to_thread``
-converter (20-40% slower), a Python-level thread split.
+(The 09:50 run predates plain64 IVs in C and the shared job eventfd.) Reads at QD16 come
+closest to 0.7x (0.71-0.79x): there both cores are busy (vmstat ~95%: the worker reading and
+decrypting, the trio thread serving FUSE and copying replies) where linear leaves one ~45%
+idle.  The one cell under 0.7x (4096-byte units, write QD1, 0.68x at 10:08) was 0.81x and 0.99x
+in the other runs.  Run-to-run noise on this shared machine is 10-20% even for linear, so
+ratios are taken within a run: interleaved 2 s runs (4-5 per cell, three sessions of them) gave
+per-cell medians of 0.76-0.91x.  crypt is 5-9x qemu's LUKS driver.  The earlier versions:
+0.66-0.79x (convert in C, I/O in Python), 0.25-0.30x (numpy-batched).  What is left is the
+cipher itself: 0.21 ms per MiB of 512-byte XTS units on one core (OpenSSL 3.0 here; 4096-byte
+units 0.17 ms), which linear does not pay.  Tried and dropped: a second worker thread (no gain
+at QD16: the workers took turns on the core the trio thread needs), writing from every thread
+(they waited on the inode lock), a ``trio.to_thread`` converter (20-40% slower), a Python-level
+thread split.
 """
 
 from __future__ import annotations
