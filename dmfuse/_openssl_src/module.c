@@ -74,8 +74,8 @@ PyObject *dmf_io_error(int error) {
  * up to SOLO_JOBS_MAX, and a job without a stall starts over: a process busy on the other core
  * is soon left alone (measured with one: 1 MiB of XTS took 5.5 ms with helpers instead of
  * 0.23 ms alone), while the odd stall of an idle machine costs a few jobs (on this shared
- * machine one 1 MiB crypt request in 400 stalled at queue depth 1; a fixed 256 solo jobs per
- * stall made a quarter of all requests run alone).  Waking sleeping helpers instead
+ * machine about one 1 MiB crypt request in 900 stalled at queue depth 1; a fixed 256 solo
+ * jobs per stall made a quarter of all requests run alone).  Waking sleeping helpers instead
  * (OMP_WAIT_POLICY=passive) avoids stalls but costs a wakeup per job, which ate most of the
  * gain on an idle machine. */
 #define STALL_NS 200000
