@@ -1,10 +1,12 @@
-/* Job: work on a worker thread (UnitCipher.start*, BlockHasher.start).  Worker threads, started
- * on first use, take jobs in order and run each on their own thread alone (no OpenMP helpers:
- * the caller's thread keeps its core).  There is one worker per core but one, which is left to
- * the caller's thread (trio, serving FUSE): on the 2-core machine a second worker made crypt
- * reads at queue depth 16 slower (0.63-0.74x of linear instead of 0.82x), the workers taking
- * turns on the core the trio thread needs.  When a job is done, it says so (done) and the
- * eventfd shared by all jobs (fd) becomes readable; the caller waits for that in its event
+/* Job: work on a worker thread (UnitCipher.start*, BlockHasher.start).
+ *
+ * * Worker threads, started on first use, take jobs in order and run each on their own thread
+ * alone (no OpenMP helpers: the caller's thread keeps its core).  There is one worker per core
+ * but one, which is left to the caller's thread (trio, serving FUSE): on the 2-core machine a
+ * second worker (even at a lower priority) made crypt at queue depth 16 no faster (reads:
+ * medians 0.75-0.76x of linear against 0.80x with one, six interleaved runs each), the workers
+ * taking turns on the core the trio thread needs.  When a job is done, it says so (done) and
+ * the eventfd shared by all jobs (fd) becomes readable; the caller waits for that in its event
  * loop, so it can serve other requests meanwhile, then calls finish().  The worker never
  * touches Python objects: the job holds its buffers and owner until it is finished or
  * deallocated, and a job is never freed while the worker may still use it (dealloc waits for
