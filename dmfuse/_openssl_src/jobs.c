@@ -1,6 +1,6 @@
 /* Job: work on a worker thread (UnitCipher.start*, BlockHasher.start).
  *
- * * Worker threads, started on first use, take jobs in order and run each on their own thread
+ * Worker threads, started on first use, take jobs in order and run each on their own thread
  * alone (no OpenMP helpers: the caller's thread keeps its core).  There is one worker per core
  * but one, which is left to the caller's thread (trio, serving FUSE): on the 2-core machine a
  * second worker (even at a lower priority) made crypt at queue depth 16 no faster (reads:
