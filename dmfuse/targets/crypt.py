@@ -103,16 +103,16 @@ closest to 0.7x (0.71-0.79x): there both cores are busy (perf: the worker thread
 thirds of it the cipher and one third reading the page cache; the trio thread 78%, serving FUSE
 and copying replies) where linear leaves one ~45% idle.  The one cell under 0.7x (4096-byte
 units, write QD1, 0.68x at 10:08) was 0.81x and 0.99x in the other runs.  Run-to-run noise on
-this shared machine is 10-20% even for linear, so ratios are taken within a run: interleaved 2
-s runs of linear and crypt (4-5 per cell, five sessions) gave medians of 0.69-0.81x for reads
-at QD16 and 0.84-0.91x for the other cells.  crypt is 5-9x qemu's LUKS driver.  The earlier
-versions: 0.66-0.79x (convert in C, I/O in Python), 0.25-0.30x (numpy-batched).  What is left
-is the cipher itself: 0.21 ms per MiB of 512-byte XTS units on one core (OpenSSL 3.0 here;
-4096-byte units 0.17 ms), which linear does not pay.  Tried and dropped: a second worker thread
-(no gain at QD16: the workers took turns on the core the trio thread needs), writing from every
-thread (they waited on the inode lock), converting a request on the trio thread while jobs wait
-for the worker (reads at QD16: medians 0.70-0.72x against 0.80-0.81x), a ``trio.to_thread``
-converter (20-40% slower), a Python-level thread split.
+this shared machine is 10-20% even for linear, so ratios are taken within a run:
+``bench/crypt-ab.sh`` (interleaved 2 s runs of linear and crypt, 3-5 per cell, six sessions)
+gave medians of 0.69-0.81x for reads at QD16 and 0.84-0.99x for the other cells.  crypt is 5-9x
+qemu's LUKS driver.  The earlier versions: 0.66-0.79x (convert in C, I/O in Python), 0.25-0.30x
+(numpy-batched).  What is left is the cipher itself: 0.21 ms per MiB of 512-byte XTS units on
+one core (OpenSSL 3.0 here; 4096-byte units 0.17 ms), which linear does not pay.  Tried and
+dropped: a second worker thread (no gain at QD16: the workers took turns on the core the trio
+thread needs), writing from every thread (they waited on the inode lock), converting a request
+on the trio thread while jobs wait for the worker (reads at QD16: medians 0.70-0.72x against
+0.80-0.81x), a ``trio.to_thread`` converter (20-40% slower), a Python-level thread split.
 """
 
 from __future__ import annotations
