@@ -269,7 +269,7 @@ class DeviceFiles(pyfuse3.Operations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         try:
-            await self._handles[fh].flush()
+            await self._handles[fh].flush(datasync=bool(datasync))
         except Exception as exc:
             raise _fuse_error(exc) from None
 

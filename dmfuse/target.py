@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar, Protocol
 
 import attrs
+import trio
 
 from dmfuse.backends.base import Backend, write_zero_buffers
 from dmfuse.errors import InvalidArgument, IOFailure, NotSupported, TableError
@@ -52,28 +53,50 @@ class DeviceOpener(Protocol):
 
     readonly: bool
 
-    def open(self, spec: str) -> Backend: ...
+    async def open(self, spec: str) -> Backend: ...
 
 
 class Flushed:
-    """The backends already flushed by one fsync: each distinct backend is synced once.
+    """The backends flushed by one fsync: each distinct backend is synced once.
 
-    ``suspend`` is true for the flush dmfuse adds when suspending (the kernel sends no flush
-    there): targets that record flushes (log-writes) sync their devices but record nothing.
+    A target asking for a backend that another target of the same flush is already syncing
+    waits for that sync to finish (and fails if it failed): a target that records the flush
+    (log-writes) must not log it before its device is durable.  ``suspend`` is true for the
+    flush dmfuse adds when suspending (the kernel sends no flush there): targets that record
+    flushes sync their devices but record nothing.  ``datasync``: an ``fdatasync``.
     """
 
-    __slots__ = ("done", "suspend")
+    __slots__ = ("_syncs", "datasync", "suspend")
 
-    def __init__(self, suspend: bool = False) -> None:
-        self.done: set[int] = set()
+    def __init__(self, suspend: bool = False, datasync: bool = False) -> None:
+        self._syncs: dict[int, _Sync] = {}
         self.suspend = suspend
+        self.datasync = datasync
 
     async def flush(self, backend: Backend) -> None:
         key = id(backend)
-        if key in self.done:
+        sync = self._syncs.get(key)
+        if sync is None:
+            sync = self._syncs[key] = _Sync()
+            try:
+                await backend.flush(self.datasync)
+            except BaseException as exc:
+                sync.error = exc
+                raise
+            finally:
+                sync.done.set()
             return
-        self.done.add(key)
-        await backend.flush()
+        await sync.done.wait()
+        if sync.error is not None:
+            raise sync.error
+
+
+class _Sync:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: BaseException | None = None
 
 
 class Target(abc.ABC):

@@ -31,3 +31,25 @@ def make_file(tmp_path: Path) -> Callable[..., str]:
         return os.fspath(path)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _blocking_calls_inline(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests (unit, property) run the backends' blocking calls (fsync, fallocate,
+    open) inline instead of in worker threads: a task waiting for a thread counts as blocked,
+    so ``autojump_clock`` would jump and ``wait_all_tasks_blocked`` would return while a
+    thread still runs.  Tests marked ``threads`` keep the real worker threads; the daemons of
+    the integration tests always use them."""
+    if "integration" in str(request.path) or request.node.get_closest_marker("threads"):
+        return
+    import trio
+
+    from dmfuse.backends import file
+    from dmfuse.engine import opener
+
+    async def inline(call: Callable[..., object], *args: object) -> object:
+        await trio.lowlevel.checkpoint()
+        return call(*args)
+
+    monkeypatch.setattr(file, "blocking", inline)
+    monkeypatch.setattr(opener, "blocking", inline)

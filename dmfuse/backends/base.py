@@ -31,8 +31,9 @@ class Backend(abc.ABC):
         """Write all of ``data`` at ``offset``."""
 
     @abc.abstractmethod
-    async def flush(self) -> None:
-        """Make completed writes durable."""
+    async def flush(self, datasync: bool = False) -> None:
+        """Make completed writes durable (``datasync``: data and what reading it back needs,
+        as ``fdatasync``)."""
 
     @abc.abstractmethod
     async def discard(self, offset: int, length: int) -> None:

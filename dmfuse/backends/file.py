@@ -1,9 +1,13 @@
 """Regular files and block devices, read and written with positioned syscalls.
 
-The calls are made inline on the trio thread: for data in the page cache a ``preadv`` costs a
-few microseconds, far less than a hop to a worker thread (measured: ``trio.to_thread`` per
-request made a passthrough slower).  Punching uses ``fallocate(2)`` through libc because Python's
-``os`` only has ``posix_fallocate``.
+Reads and writes are made inline on the trio thread: for data in the page cache a ``preadv``
+costs a few microseconds, far less than a hop to a worker thread (measured: ``trio.to_thread``
+per request made a passthrough slower).  Everything that may block for long — opening,
+``fsync``/``fdatasync``, ``fallocate``, the ``BLKDISCARD``/``BLKZEROOUT`` ioctls, closing — runs
+in a worker thread under :data:`BLOCKING`, so one slow disk (a flush of seconds on a backing
+file that sits on a slow device) holds up only the requests that wait for it, never the mount.
+Punching uses ``fallocate(2)`` through libc because Python's ``os`` only has
+``posix_fallocate``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import fcntl
 import os
 import stat
 import struct
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
 
 from dmfuse.backends.base import Backend, write_zero_buffers
 from dmfuse.errors import IOFailure
@@ -25,6 +33,19 @@ FALLOC_FL_ZERO_RANGE = 0x10
 BLKGETSIZE64 = 0x80081272
 BLKDISCARD = 0x1277
 BLKZEROOUT = 0x127F
+
+# Worker threads for blocking calls, shared by every backend of the process: enough for the
+# distinct backing files of a flush to sync at once, bounded so a storm cannot spawn hundreds.
+BLOCKING = trio.CapacityLimiter(16)
+
+_T = TypeVar("_T")
+
+
+async def blocking(call: Callable[..., _T], *args: object) -> _T:
+    """Run a blocking system call in a worker thread (waits for it even if cancelled: a
+    half-done fsync or open cannot be abandoned safely)."""
+    return await trio.to_thread.run_sync(call, *args, limiter=BLOCKING)
+
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -39,13 +60,12 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 
 
 class FileBackend(Backend):
-    """A regular file or a block device opened by path."""
+    """A regular file or a block device opened by path (:meth:`open`, in a worker thread)."""
 
-    def __init__(self, path: str, display: str, *, writable: bool) -> None:
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+    def __init__(self, path: str, display: str, fd: int, *, writable: bool) -> None:
         self.path = path
-        self.fd = os.open(path, flags)
-        st = os.fstat(self.fd)
+        self.fd = fd
+        st = os.fstat(fd)
         self.is_block = stat.S_ISBLK(st.st_mode)
         if self.is_block:
             self.devno = (os.major(st.st_rdev), os.minor(st.st_rdev))
@@ -53,6 +73,16 @@ class FileBackend(Backend):
         else:
             self.display = display
         self.writable = writable
+
+    @classmethod
+    async def open(cls, path: str, display: str, *, writable: bool) -> FileBackend:
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+        fd = await blocking(os.open, path, flags)
+        try:
+            return cls(path, display, fd, writable=writable)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def size(self) -> int:
         if self.is_block:
@@ -77,15 +107,17 @@ class FileBackend(Backend):
         while done < want:
             done += os.pwritev(self.fd, [data[done:]], offset + done)
 
-    async def flush(self) -> None:
-        os.fsync(self.fd)
+    async def flush(self, datasync: bool = False) -> None:
+        await blocking(os.fdatasync if datasync else os.fsync, self.fd)
 
     async def discard(self, offset: int, length: int) -> None:
         if self.is_block:
-            fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
+            await blocking(fcntl.ioctl, self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
             return
         try:
-            fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+            await blocking(
+                fallocate, self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length
+            )
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
@@ -94,9 +126,11 @@ class FileBackend(Backend):
     async def write_zeroes(self, offset: int, length: int) -> None:
         try:
             if self.is_block:
-                fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+                await blocking(fcntl.ioctl, self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
             else:
-                fallocate(self.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)
+                await blocking(
+                    fallocate, self.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length
+                )
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
@@ -106,4 +140,4 @@ class FileBackend(Backend):
         return self.fd
 
     async def close(self) -> None:
-        os.close(self.fd)
+        await blocking(os.close, self.fd)

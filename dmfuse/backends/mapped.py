@@ -31,8 +31,8 @@ class MappedBackend(Backend):
     async def write(self, offset: int, data: memoryview) -> None:
         await self.device.write(offset, data, exact=True)
 
-    async def flush(self) -> None:
-        await self.device.flush()
+    async def flush(self, datasync: bool = False) -> None:
+        await self.device.flush(datasync=datasync)
 
     async def discard(self, offset: int, length: int) -> None:
         await self.device.discard(offset, length)

@@ -5,6 +5,13 @@ Admission of a request (check the gate, take the live table, count it in flight)
 (new requests wait on it), waits for in-flight requests to drain and flushes unless told not
 to; resume swaps the staged table in while nothing is in flight, reports the new size and opens
 the gate, and the held requests continue against the new table.
+
+Lifecycle commands hold locks, as the kernel does (the manager takes them):
+``suspend_lock`` (dm's ``md->suspend_lock``) serialises suspend, resume, message, rename and
+remove of one device, so a second suspend cannot install a second gate while the first one
+awaits a hook or a drain, and a resume waits for a draining suspend to finish; ``table_lock``
+(dm's ``type_lock``) serialises load and clear, which touch only the inactive slot and so never
+wait for a drain (a ``load`` issued while a suspend drains goes ahead, as in the kernel).
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ class Device:
         self._event = trio.Event()
         self._range_locks = RangeLocks()
         self.closing = False
+        self.removed = False  # set by remove: commands that waited for a lock give ENXIO
+        self.suspend_lock = trio.Lock()
+        self.table_lock = trio.Lock()
         self.on_resize: Callable[[Device], None] = lambda device: None
 
     # -- state -------------------------------------------------------------------------------
@@ -154,10 +164,10 @@ class Device:
             view[offset - start : offset - start + len(data)] = data
             await live.write(start, view)
 
-    async def flush(self) -> None:
+    async def flush(self, *, datasync: bool = False) -> None:
         live = await self._admit()
         try:
-            await live.flush()
+            await live.flush(datasync=datasync)
         finally:
             self._done()
 
@@ -196,7 +206,10 @@ class Device:
         assert live is not None
         for target in live.targets:
             await target.presuspend()
-        self._gate = trio.Event()
+        # Under suspend_lock nobody else installs a gate meanwhile; never replace one that
+        # held requests already wait on, whatever happens (they would wait forever).
+        if self._gate is None:
+            self._gate = trio.Event()
         self.suspended = True
         try:
             if self.inflight:

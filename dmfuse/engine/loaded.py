@@ -46,6 +46,20 @@ class LoadedTable:
         self.block = max((t.limits.block_size for t in targets), default=1)
         self._no_boundaries = [0] * len(targets)
         self._release = release
+        # A flush goes once to each distinct backend of the targets that flush the plain way
+        # (a 100k-line table over one file is one fsync), plus to every target with its own
+        # flush (log-writes, snapshot...), all at once.
+        plain: dict[int, Backend] = {}
+        self._flush_targets: list[Target] = []
+        for target in targets:
+            if not target.limits.flush_bios:
+                continue
+            if type(target).flush is Target.flush:
+                for backend in target.devices():
+                    plain.setdefault(id(backend), backend)
+            else:
+                self._flush_targets.append(target)
+        self._flush_backends = list(plain.values())
 
     # -- I/O ---------------------------------------------------------------------------------
     def pieces(self, offset: int, length: int) -> list[Piece]:
@@ -74,9 +88,12 @@ class LoadedTable:
             [partial(targets[i].write, rel, data[at : at + n]) for i, rel, n, at in pieces]
         )
 
-    async def flush(self, *, suspend: bool = False) -> None:
-        flushed = Flushed(suspend)
-        await _fan_out([partial(t.flush, flushed) for t in self.targets if t.limits.flush_bios])
+    async def flush(self, *, suspend: bool = False, datasync: bool = False) -> None:
+        flushed = Flushed(suspend, datasync)
+        jobs = [partial(t.flush, flushed) for t in self._flush_targets]
+        jobs += [partial(flushed.flush, b) for b in self._flush_backends]
+        if jobs:
+            await _fan_out(jobs)
 
     def _extent_pieces(self, offset: int, length: int) -> list[Piece]:
         first = self.layout.locate(offset)

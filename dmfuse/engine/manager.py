@@ -8,17 +8,16 @@ inactive slot as it was, a failed ``resume`` leaves the old table live).  Result
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
-
-import trio
 
 from dmfuse import __version__, targets  # noqa: F401  (registers the targets)
 from dmfuse.backends.mapped import MAPPED_MAJOR
 from dmfuse.engine.device import Device
 from dmfuse.engine.loaded import LoadedTable
-from dmfuse.engine.opener import BackendPool, TableOpener
+from dmfuse.engine.opener import BackendPool, TableOpener, check_no_cycle
 from dmfuse.errors import DeviceBusy, DmError, InvalidArgument, NoSuchDevice, TableError
 from dmfuse.lifecycle import (
     Plan,
@@ -69,7 +68,10 @@ class Manager:
         self.listener: Listener = listener or NullListener()
         self.devices: dict[str, Device] = {}
         self.pool = BackendPool()
-        self._lock = trio.Lock()  # commands run one at a time, like dm's ioctl locking
+        # names and uuids of devices being created (not yet in ``devices``): a create, rename
+        # or set_uuid racing one that is still building its table sees them as taken
+        self._creating: set[str] = set()
+        self._creating_uuids: set[str] = set()
 
     # -- lookup ------------------------------------------------------------------------------
     def get(self, name: str) -> Device:
@@ -140,6 +142,34 @@ class Manager:
         return LoadedTable(lines, built, opener.opened, readonly, self.pool.release)
 
     # -- commands ----------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str, which: str = "suspend") -> AsyncIterator[Device]:
+        """The device ``name`` with its ``suspend_lock`` (or ``table_lock``) held; ENXIO if it
+        was removed while this command waited for the lock."""
+        device = self.get(name)
+        lock = device.suspend_lock if which == "suspend" else device.table_lock
+        async with lock:
+            if device.removed:
+                raise NoSuchDevice(f"{name}: No such device or address")
+            yield device
+
+    def _claim_name(self, name: str, uuid: str) -> None:
+        """Refuse a name or uuid in use or being created, then reserve both until
+        :meth:`_release_name` (checked and reserved without an ``await``: atomic)."""
+        if name in self.devices or name in self._creating:
+            raise DeviceBusy(f"{name}: device already exists")
+        if uuid and (
+            any(d.uuid == uuid for d in self.devices.values()) or uuid in self._creating_uuids
+        ):
+            raise DeviceBusy(f"uuid {uuid} already in use")
+        self._creating.add(name)
+        if uuid:
+            self._creating_uuids.add(uuid)
+
+    def _release_name(self, name: str, uuid: str) -> None:
+        self._creating.discard(name)
+        self._creating_uuids.discard(uuid)
+
     async def create(
         self,
         name: str,
@@ -149,18 +179,15 @@ class Manager:
         uuid: str = "",
         cwd: str = "/",
     ) -> dict[str, Any]:
-        async with self._lock:
-            check_name(name)
-            check_uuid(uuid)
-            if name in self.devices:
-                raise DeviceBusy(f"{name}: device already exists")
-            if uuid and any(d.uuid == uuid for d in self.devices.values()):
-                raise DeviceBusy(f"uuid {uuid} already in use")
+        check_name(name)
+        check_uuid(uuid)
+        self._claim_name(name, uuid)
+        try:
             device = Device(name, uuid, self._free_minor())
             device.on_resize = self.listener.device_resized
             if table is not None and has_targets(table):  # empty: no table, like dmsetup
                 loaded = await self.build(name, table, readonly=readonly, cwd=cwd)
-                await _check_initial_fit(device, loaded)
+                await _install_checks(device, loaded)
                 await device.load(loaded)
                 try:
                     await device.resume()
@@ -168,38 +195,41 @@ class Manager:
                     await device.destroy()
                     raise
             self.devices[name] = device
-            self.listener.device_added(device)
-            self._save(device)
-            return self._info(device)
+        finally:
+            self._release_name(name, uuid)
+        self.listener.device_added(device)
+        self._save(device)
+        return self._info(device)
 
     async def load(self, name: str, table: str, *, readonly: bool = False, cwd: str = "/") -> None:
-        async with self._lock:
-            device = self.get(name)
-            loaded = await self.build(name, table, readonly=readonly, cwd=cwd)
-            await _check_immutable(device, loaded)
-            await _check_initial_fit(device, loaded)
+        async with self._locked(name, "table") as device:
+            loaded = await self.build(device.name, table, readonly=readonly, cwd=cwd)
+            if device.removed:  # removed while the table was built (remove takes no table_lock)
+                await loaded.destroy()
+                raise NoSuchDevice(f"{name}: No such device or address")
+            await _install_checks(device, loaded)
             await device.load(loaded)
 
     async def resume(self, name: str) -> None:
-        async with self._lock:
-            device = self.get(name)
+        async with self._locked(name) as device:
             swapping = device.inactive is not None
             await device.resume()
             if swapping:
                 self._save(device)
 
     async def suspend(self, name: str, *, noflush: bool = False) -> None:
-        device = self.get(name)  # not under the lock: suspend may wait long for in-flight I/O
-        await device.suspend(noflush=noflush)
+        # Under the device's own lock only: a suspend waiting long for in-flight I/O holds up
+        # commands on this device (a resume waits for it, as in the kernel), nothing else.
+        async with self._locked(name) as device:
+            await device.suspend(noflush=noflush)
 
     async def clear(self, name: str) -> None:
-        async with self._lock:
-            await self.get(name).clear()
+        async with self._locked(name, "table") as device:
+            await device.clear()
 
     async def remove(self, name: str, *, force: bool = False, deferred: bool = False) -> str:
         """Returns ``removed`` or ``deferred``."""
-        async with self._lock:
-            device = self.get(name)
+        async with self._locked(name) as device:
             if force and device.open_count and not deferred:
                 await self._wipe(device)
             plan = plan_remove(device.state(), deferred=deferred)
@@ -213,17 +243,20 @@ class Manager:
         """``dmsetup wipe_table``: an error target over the whole size, resumed without flush."""
         size = device.size // SECTOR_SIZE
         if size:
-            await device.load(
-                await self.build(device.name, f"0 {size} error", readonly=False, cwd="/")
-            )
+            async with device.table_lock:
+                await device.load(
+                    await self.build(device.name, f"0 {size} error", readonly=False, cwd="/")
+                )
         await device.suspend(noflush=True)
         await device.resume()
         self._save(device)
 
     async def _remove(self, device: Device) -> None:
         # A table stacked on this device holds it open (MappedBackend counts in open_count),
-        # so plan_remove has already refused a device that is still in use.
+        # so plan_remove has already refused a device that is still in use.  Unlisting and
+        # marking happen before the first await, so no new table can stack on it meanwhile.
         del self.devices[device.name]
+        device.removed = True
         await device.destroy()
         self.listener.device_removed(device)
         if self.store is not None:
@@ -231,36 +264,38 @@ class Manager:
 
     async def closed(self, device: Device) -> None:
         """Last opener went away: carry out a deferred remove."""
-        if (
-            device.deferred_remove
-            and device.open_count == 0
-            and self.devices.get(device.name) is device
-        ):
-            async with self._lock:
+        if not device.deferred_remove or device.open_count or device.removed:
+            return
+        async with device.suspend_lock:
+            if (
+                device.deferred_remove
+                and device.open_count == 0
+                and not device.removed
+                and self.devices.get(device.name) is device
+            ):
                 await self._remove(device)
 
     async def rename(self, name: str, new_name: str) -> None:
-        async with self._lock:
-            device = self.get(name)
+        async with self._locked(name) as device:
             check_name(new_name)
-            if new_name in self.devices:
+            if new_name in self.devices or new_name in self._creating:
                 raise DeviceBusy(f"{new_name}: device already exists")
-            del self.devices[name]
+            old_name = device.name
+            del self.devices[old_name]
             device.name = new_name
             self.devices[new_name] = device
             if device.live is not None:
                 device.raise_event()
-            self.listener.device_renamed(device, name)
+            self.listener.device_renamed(device, old_name)
             if self.store is not None:
-                self.store.delete(name)
+                self.store.delete(old_name)
             self._save(device)
 
     async def set_uuid(self, name: str, uuid: str) -> None:
-        async with self._lock:
-            device = self.get(name)
+        async with self._locked(name) as device:
             plan_set_uuid(device.state())
             check_uuid(uuid)
-            if any(d.uuid == uuid for d in self.devices.values()):
+            if any(d.uuid == uuid for d in self.devices.values()) or uuid in self._creating_uuids:
                 raise DeviceBusy(f"uuid {uuid} already in use")
             device.uuid = uuid
             if device.live is not None:
@@ -268,20 +303,21 @@ class Manager:
             self._save(device)
 
     async def message(self, name: str, sector: int, text: str) -> str | None:
-        device = self.get(name)
         argv = split_args(text)
         if not argv:
+            self.get(name)
             raise InvalidArgument("empty message")
-        if argv[0] == "@cancel_deferred_remove":  # handled by dm core, not a target
-            if len(argv) != 1:
-                raise InvalidArgument("Invalid arguments for @cancel_deferred_remove")
-            device.deferred_remove = False
-            return None
-        live = device.live
-        index = live.layout.index_of_sector(sector) if live is not None else -1
-        plan_message(device.state(), index)
-        assert live is not None
-        return await live.targets[index].message(argv)
+        async with self._locked(name) as device:
+            if argv[0] == "@cancel_deferred_remove":  # handled by dm core, not a target
+                if len(argv) != 1:
+                    raise InvalidArgument("Invalid arguments for @cancel_deferred_remove")
+                device.deferred_remove = False
+                return None
+            live = device.live
+            index = live.layout.index_of_sector(sector) if live is not None else -1
+            plan_message(device.state(), index)
+            assert live is not None
+            return await live.targets[index].message(argv)
 
     async def wait(self, name: str, event_nr: int) -> dict[str, Any]:
         device = self.get(name)
@@ -388,6 +424,18 @@ class Manager:
             return
         lines = device.live.table_lines(showkeys=True) if device.live is not None else None
         self.store.save(device.name, device.uuid, device.readonly, lines)
+
+
+async def _install_checks(device: Device, loaded: LoadedTable) -> None:
+    """What ``load`` checks after building, before the table takes the inactive slot (on
+    failure the table is destroyed and the slot is left as it was)."""
+    try:
+        check_no_cycle(device.name, loaded.backends)  # again: other loads ran meanwhile
+    except DmError:
+        await loaded.destroy()
+        raise
+    await _check_immutable(device, loaded)
+    await _check_initial_fit(device, loaded)
 
 
 async def _check_initial_fit(device: Device, loaded: LoadedTable) -> None:

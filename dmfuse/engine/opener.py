@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dmfuse.backends.base import Backend
-from dmfuse.backends.file import FileBackend
+from dmfuse.backends.file import FileBackend, blocking
 from dmfuse.backends.mapped import MAPPED_MAJOR, MappedBackend
 from dmfuse.engine.device import Device
 from dmfuse.errors import TableError
@@ -33,9 +33,9 @@ class BackendPool:
         self._files: dict[tuple[int, int, bool], FileBackend] = {}
         self._keys: dict[int, tuple[int, int, bool]] = {}  # id(backend) -> its key above
 
-    def open_file(self, path: str, display: str, writable: bool) -> FileBackend:
+    async def open_file(self, path: str, display: str, writable: bool) -> FileBackend:
         try:
-            st = os.stat(path)
+            st = await blocking(os.stat, path)
         except OSError as exc:
             raise TableError(
                 f"Device lookup failed: {display}: {exc.strerror}", exc.errno
@@ -44,13 +44,18 @@ class BackendPool:
         backend = self._files.get(key)
         if backend is None:
             try:
-                backend = FileBackend(path, display, writable=writable)
+                backend = await FileBackend.open(path, display, writable=writable)
             except OSError as exc:
                 raise TableError(
                     f"Device lookup failed: {display}: {exc.strerror}", exc.errno
                 ) from None
-            self._files[key] = backend
-            self._keys[id(backend)] = key
+            other = self._files.get(key)  # opened by another table while we waited
+            if other is not None:
+                await backend.close()
+                backend = other
+            else:
+                self._files[key] = backend
+                self._keys[id(backend)] = key
         backend.refs += 1
         return backend
 
@@ -87,16 +92,16 @@ class TableOpener:
         self._by_minor = by_minor
         self.opened: list[Backend] = []
 
-    def open(self, spec: str) -> Backend:
+    async def open(self, spec: str) -> Backend:
         device = self._mapped_device(spec)
         if device is not None:
-            self._check_cycle(device)
+            _check_cycle(self.owner, device)
             backend: Backend = MappedBackend(device, spec)
             backend.refs = 1
         else:
             path = self._host_path(spec)
             # A file prints as its absolute path so ``table`` output loads from any directory.
-            backend = self.pool.open_file(path, path, writable=not self.readonly)
+            backend = await self.pool.open_file(path, path, writable=not self.readonly)
         self.opened.append(backend)
         return backend
 
@@ -127,27 +132,36 @@ class TableOpener:
             return "/dev/" + link.resolve().name
         return os.path.normpath(os.path.join(self.cwd, spec))
 
-    def _check_cycle(self, device: Device) -> None:
-        seen: set[str] = set()
-        stack = [device]
-        while stack:
-            dev = stack.pop()
-            if dev.name == self.owner:
-                raise TableError(
-                    f"{device.name}: stacking would create a cycle through {self.owner}"
-                )
-            if dev.name in seen:
-                continue
-            seen.add(dev.name)
-            for table in (dev.live, dev.inactive):
-                if table is None:
-                    continue
-                for backend in table.backends:
-                    if isinstance(backend, MappedBackend):
-                        stack.append(backend.device)
-
     async def abandon(self) -> None:
         """Release everything opened so far (a constructor failed)."""
         for backend in self.opened:
             await self.pool.release(backend)
         self.opened = []
+
+
+def check_no_cycle(owner: str, backends: list[Backend]) -> None:
+    """Refuse a table for ``owner`` whose backends stack (directly or below) on ``owner``.
+
+    Checked when each device is opened and again just before the table is installed: two
+    tables built at the same time could otherwise each pass while stacking on the other."""
+    for backend in backends:
+        if isinstance(backend, MappedBackend):
+            _check_cycle(owner, backend.device)
+
+
+def _check_cycle(owner: str, device: Device) -> None:
+    seen: set[str] = set()
+    stack = [device]
+    while stack:
+        dev = stack.pop()
+        if dev.name == owner:
+            raise TableError(f"{device.name}: stacking would create a cycle through {owner}")
+        if dev.name in seen:
+            continue
+        seen.add(dev.name)
+        for table in (dev.live, dev.inactive):
+            if table is None:
+                continue
+            for backend in table.backends:
+                if isinstance(backend, MappedBackend):
+                    stack.append(backend.device)

@@ -271,7 +271,7 @@ class Crypt(Target):
             raise TableError("Invalid iv_offset sector") from None
         if iv_offset % (opts.sector_size // 512):
             raise TableError("Invalid iv_offset sector")
-        dev = opener.open(args[3])
+        dev = await opener.open(args[3])
         try:
             start = parse_unsigned(args[4], "device sector")
         except TableError:

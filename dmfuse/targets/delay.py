@@ -60,7 +60,7 @@ async def _parse_class(opener: DeviceOpener, words: Sequence[str]) -> DelayClass
         raise TableError("Invalid device sector") from None
     # sscanf("%u"): a number wider than 32 bits keeps its low bits (6.12 loads 4294967296 as 0).
     delay = kernel_uint(words[2], _UINT_MAX, "Invalid delay")
-    return DelayClass(opener.open(words[0]), offset, delay)
+    return DelayClass(await opener.open(words[0]), offset, delay)
 
 
 @register

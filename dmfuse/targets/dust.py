@@ -81,7 +81,7 @@ class Dust(Target):
             offset = parse_unsigned(args[1], "offset")
         except TableError:
             raise TableError("Invalid device offset sector") from None
-        return cls(length, opener.open(args[0]), offset, blksz)
+        return cls(length, await opener.open(args[0]), offset, blksz)
 
     # -- I/O ---------------------------------------------------------------------------------
     def _block(self, offset: int) -> int:

@@ -34,7 +34,7 @@ class Error(Target):
             reader = ArgReader(args)
             spec = reader.shift("device")
             reader.unsigned("device sector")
-            return cls(length, opener.open(spec))
+            return cls(length, await opener.open(spec))
         return cls(length)
 
     async def read(self, offset: int, buf: memoryview) -> None:

@@ -225,7 +225,7 @@ class Flakey(Target):
         if up + down > _UINT_MAX:
             raise TableError("Interval overflow")
         features = parse_features(args[4:])
-        return cls(length, opener.open(args[0]), offset, up, down, features)
+        return cls(length, await opener.open(args[0]), offset, up, down, features)
 
     def is_down(self) -> bool:
         elapsed = int(trio.current_time() - self.start_time)

@@ -37,7 +37,7 @@ class Linear(Target):
         reader = ArgReader(args)
         spec = reader.shift("device")
         offset = reader.unsigned("device sector")
-        return cls(length, opener.open(spec), offset)
+        return cls(length, await opener.open(spec), offset)
 
     async def read(self, offset: int, buf: memoryview) -> None:
         await self.dev.read(self.base + offset, buf)

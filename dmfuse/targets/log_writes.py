@@ -102,9 +102,9 @@ class LogWrites(Target):
     async def construct(cls, opener: DeviceOpener, length: int, args: Sequence[str]) -> LogWrites:
         if len(args) < 2:
             raise TableError("Invalid argument count")
-        dev = opener.open(args[0])
+        dev = await opener.open(args[0])
         try:
-            log_dev = opener.open(args[1])
+            log_dev = await opener.open(args[1])
         except TableError as exc:
             raise TableError(f"Log {exc.message[0].lower()}{exc.message[1:]}", exc.errno) from None
         return cls(length, dev, log_dev)

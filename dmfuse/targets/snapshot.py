@@ -144,7 +144,7 @@ class SnapshotOrigin(Target):
     ) -> SnapshotOrigin:
         if len(args) != 1:
             raise TableError("origin: incorrect number of arguments")
-        dev = opener.open(args[0])
+        dev = await opener.open(args[0])
         return cls(length, dev, registry.acquire(dev))
 
     # origin_map only calls bio_set_dev: the origin gets the device's own sector
@@ -230,9 +230,9 @@ class Snapshot(Target):
         if len(args) < 4:
             raise TableError("requires 4 or more arguments")
         zeroes_cow, passdown = _parse_features(args[4:])
-        origin_dev = opener.open(args[0])
+        origin_dev = await opener.open(args[0])
         # The kernel compares device numbers before opening the COW; the key says the same here.
-        cow = opener.open(args[1])
+        cow = await opener.open(args[1])
         if storage_key(cow) == storage_key(origin_dev):
             raise TableError("COW device cannot be the same as origin device")
         kind, chunk_sectors = _parse_store(args[2], args[3], origin_dev, cow)

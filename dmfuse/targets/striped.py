@@ -67,7 +67,7 @@ class Striped(Target):
         for _ in range(count):
             spec = reader.shift("device")
             offset = reader.unsigned("stripe destination offset")
-            stripes.append(Stripe(opener.open(spec), offset))
+            stripes.append(Stripe(await opener.open(spec), offset))
         return cls(length, chunk_sectors, stripes)
 
     def _map(self, offset: int) -> tuple[Stripe, int]:

@@ -74,7 +74,7 @@ class Unstriped(Target):
         if stripe_nr > stripes > 1:  # the kernel's check, off by one
             raise TableError("Please provide stripe between [0, # of stripes]")
         try:
-            dev = opener.open(args[3])
+            dev = await opener.open(args[3])
         except TableError as exc:
             detail = str(exc).removeprefix("Device lookup failed")
             raise TableError(f"Couldn't get striped device{detail}") from None

@@ -208,8 +208,8 @@ class Verity(Target):
         version = _uint(args[0], 2**32 - 1, "Invalid version")
         if version > 1:
             raise TableError("Invalid version")
-        data = _open(opener, args[1], "Data device lookup failed")
-        hash_dev = _open(opener, args[2], "Hash device lookup failed")
+        data = await _open(opener, args[1], "Data device lookup failed")
+        hash_dev = await _open(opener, args[2], "Hash device lookup failed")
         dbs = _block_size(args[3], PAGE_SIZE, "Invalid data device block size")
         hbs = _block_size(args[4], INT_MAX, "Invalid hash device block size")
         dbits, hbits = dbs.bit_length() - 1, hbs.bit_length() - 1
@@ -598,9 +598,9 @@ def _hex(text: str, error: str) -> bytes | None:
     return bytes.fromhex(text)
 
 
-def _open(opener: DeviceOpener, spec: str, error: str) -> Backend:
+async def _open(opener: DeviceOpener, spec: str, error: str) -> Backend:
     try:
-        return opener.open(spec)
+        return await opener.open(spec)
     except TableError as exc:
         detail = exc.message.removeprefix("Device lookup failed: ")
         raise TableError(f"{error}: {detail}") from None

@@ -484,9 +484,9 @@ async def test_flush_reaches_the_backing_file(
     calls: list[int] = []
     real = backend.flush
 
-    async def counting() -> None:
+    async def counting(datasync: bool = False) -> None:
         calls.append(1)
-        await real()
+        await real(datasync)
 
     monkeypatch.setattr(backend, "flush", counting)
     await m.get("c").flush()

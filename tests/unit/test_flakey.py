@@ -206,9 +206,9 @@ class SpyFlushes:
         self.count = 0
         original = target.dev.flush
 
-        async def flush() -> None:
+        async def flush(datasync: bool = False) -> None:
             self.count += 1
-            await original()
+            await original(datasync)
 
         target.dev.flush = flush  # type: ignore[method-assign]
 

@@ -7,6 +7,7 @@ the store crash-safe (data, flush, metadata area, flush) is checked here on a re
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from collections.abc import Callable
 
@@ -26,7 +27,7 @@ class Recording(Backend):
 
     def __init__(self, path: str, chunk: int = CHUNK) -> None:
         self.chunk = chunk
-        self.inner = FileBackend(path, path, writable=True)
+        self.inner = FileBackend(path, path, os.open(path, os.O_RDWR), writable=True)
         self.display = path
         self.log: list[str] = []
         self.fail_writes_at: int | None = None
@@ -44,7 +45,7 @@ class Recording(Backend):
         await self.inner.write(offset, data)
         await trio.lowlevel.checkpoint()  # a real device takes time: let others run
 
-    async def flush(self) -> None:
+    async def flush(self, datasync: bool = False) -> None:
         self.log.append("flush")
         await self.inner.flush()
         await trio.lowlevel.checkpoint()
