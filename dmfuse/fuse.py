@@ -153,7 +153,7 @@ class DeviceFiles(pyfuse3.Operations):
         attr.st_mode = stat.S_IFREG | (0o400 if device.readonly else 0o600)
         attr.st_nlink = 1
         attr.st_size = device.size
-        attr.st_blksize = 4096
+        attr.st_blksize = max(4096, device.logical_block_size)
         attr.st_blocks = device.size // 512
         return attr
 

@@ -47,6 +47,8 @@ def info_long(infos: Sequence[dict[str, Any]]) -> str:
         out.append(_label("Event number", info["event_nr"]))
         out.append(_label("Major, minor", f"{info['major']}, {info['minor']}"))
         out.append(_label("Number of targets", info["targets"] or 0))
+        if info.get("logical_block_size", 512) != 512:  # dmfuse's own line (blockdev --getss)
+            out.append(f"Logical block size: {info['logical_block_size']}")
         if info["uuid"]:
             out.append(f"UUID: {info['uuid']}")
         out.append("")

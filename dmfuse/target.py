@@ -208,13 +208,26 @@ class Target(abc.ABC):
 
 
 def check_area(backend: Backend, offset: int, length: int) -> None:
-    """The kernel's ``device_area_is_invalid`` for one mapped area (all bytes)."""
+    """The kernel's ``device_area_is_invalid`` for one mapped area (all bytes): inside the
+    device, and aligned to its logical block size (a stacked device's can be 4096)."""
     size = backend.size()
     if offset + length > size:
         raise TableError(
             f"{backend.display} too small for target: start={offset // 512}, "
             f"len={length // 512}, dev_size={size // 512}"
         )
+    block = backend.block_size()
+    if block > 512:
+        if offset % block:
+            raise TableError(
+                f"start={offset // 512} not aligned to h/w logical block size {block} "
+                f"of {backend.display}"
+            )
+        if length % block:
+            raise TableError(
+                f"len={length // 512} not aligned to h/w logical block size {block} "
+                f"of {backend.display}"
+            )
 
 
 def _no_event() -> None:

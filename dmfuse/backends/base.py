@@ -46,6 +46,15 @@ class Backend(abc.ABC):
     async def close(self) -> None:
         """Release what was opened (called when the last table using it is destroyed)."""
 
+    def block_size(self) -> int:
+        """The smallest unit I/O to this backend may use, in bytes (its logical block size;
+        1 for a file read and written byte by byte)."""
+        return 1
+
+    def discards(self) -> bool:
+        """Whether discards can be sent (the kernel's ``device_not_discard_capable``)."""
+        return True
+
     def file_fd(self) -> int | None:
         """A file descriptor whose byte ``o`` is this backend's byte ``o``, for targets that
         read and write it from C (crypt), or None if there is none."""

@@ -25,6 +25,14 @@ class MappedBackend(Backend):
     def size(self) -> int:
         return self.device.size
 
+    def block_size(self) -> int:
+        live = self.device.live
+        return live.block if live is not None else 1
+
+    def discards(self) -> bool:
+        live = self.device.live
+        return live is not None and live.discards
+
     async def read(self, offset: int, buf: memoryview) -> None:
         await self.device.read_into(offset, buf)
 

@@ -24,7 +24,7 @@ import trio
 
 from dmfuse.engine.loaded import LoadedTable
 from dmfuse.engine.rangelock import RangeLocks
-from dmfuse.errors import DmError, InvalidArgument, IOFailure, ReadOnlyDevice
+from dmfuse.errors import DmError, InvalidArgument, IOFailure, NotSupported, ReadOnlyDevice
 from dmfuse.lifecycle import DeviceState, Plan, plan_resume, plan_suspend
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,12 @@ class Device:
     def size(self) -> int:
         live = self.live
         return live.size if live is not None else 0
+
+    @property
+    def logical_block_size(self) -> int:
+        """As ``blockdev --getss`` would say: at least 512, more for a 4096-byte table."""
+        live = self.live
+        return max(live.block, 512) if live is not None else 512
 
     def state(self) -> DeviceState:
         return DeviceState(
@@ -116,12 +122,19 @@ class Device:
             self._done()
 
     async def read_into(self, offset: int, buf: memoryview) -> None:
-        """Fill ``buf`` exactly (used by stacked devices: short is an error, as for a disk)."""
+        """Fill ``buf`` exactly (used by stacked devices: short is an error, as for a disk).
+
+        Any offset works: a request that does not cover whole blocks of this device reads
+        the blocks around it (a target above with a smaller unit, or metadata reads)."""
         live = await self._admit()
         try:
             if offset + len(buf) > live.size:
                 raise IOFailure(f"{self.name}: access beyond end of device")
-            await live.read(offset, buf)
+            block = live.block
+            if block > 1 and (offset % block or len(buf) % block):
+                buf[:] = await _read_unaligned(live, offset, len(buf))
+            else:
+                await live.read(offset, buf)
         finally:
             self._done()
 
@@ -181,6 +194,8 @@ class Device:
                 raise InvalidArgument(f"{self.name}: range beyond end of device")
             if length == 0:
                 return
+            if not zero_fill and not live.discards:
+                raise NotSupported(f"{self.name}: the table does not support discards")
             block = live.block
             if block > 1 and (offset % block or length % block):
                 if not zero_fill:

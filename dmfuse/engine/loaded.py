@@ -14,7 +14,7 @@ from functools import partial
 import trio
 
 from dmfuse.backends.base import Backend
-from dmfuse.errors import DmError, IOFailure, NotSupported
+from dmfuse.errors import DmError, IOFailure, NotSupported, TableError
 from dmfuse.mapping import Piece, split_range
 from dmfuse.table import Layout, TableLine, format_line
 from dmfuse.target import Flushed, Target
@@ -36,14 +36,16 @@ class LoadedTable:
         self.lines = list(lines)
         self.targets = list(targets)
         self.backends = list(backends)  # one reference each, released on destroy
+        self._distinct = list({id(b): b for b in self.backends}.values())
         self.readonly = readonly
         self.layout = Layout(lines)
         self.size = self.layout.size
         self._starts = self.layout.starts
         self._ends = self.layout.ends
         self._boundaries = [t.limits.io_boundary for t in targets]
-        # The table's I/O unit: block sizes are powers of two, so the largest covers them all.
-        self.block = max((t.limits.block_size for t in targets), default=1)
+        self.block = 1
+        self.discards = True
+        self._stack_limits()
         self._no_boundaries = [0] * len(targets)
         self._release = release
         # A flush goes once to each distinct backend of the targets that flush the plain way
@@ -100,7 +102,10 @@ class LoadedTable:
         return split_range(self._starts, self._ends, self._no_boundaries, first, offset, length)
 
     async def discard(self, offset: int, length: int) -> None:
-        """A punch-hole: every touched target must take discards and leave zeros, else nothing."""
+        """A punch-hole: the table must take discards, and every touched target must leave
+        zeros; else nothing is discarded."""
+        if not self.discards:
+            raise NotSupported("the table does not support discards")
         pieces = self._extent_pieces(offset, length)
         for index, _, _, _ in pieces:
             limits = self.targets[index].limits
@@ -117,6 +122,11 @@ class LoadedTable:
         targets = self.targets
         await _fan_out([partial(targets[i].write_zeroes, rel, n) for i, rel, n, _ in pieces])
 
+    def distinct_backends(self) -> list[Backend]:
+        """Each backend once (``backends`` holds one reference per open: a 100k-line table
+        over one file lists it 100k times)."""
+        return self._distinct
+
     # -- description -------------------------------------------------------------------------
     def table_lines(self, showkeys: bool = False) -> list[str]:
         return [
@@ -130,9 +140,35 @@ class LoadedTable:
             for ln, t in zip(self.lines, self.targets, strict=True)
         ]
 
+    def _stack_limits(self) -> None:
+        """What the table can take, as the kernel's ``dm_calculate_queue_limits`` stacks it
+        from every target and every device below (so again at resume: a lower device may
+        have a new table by then).
+
+        ``block``: the device's logical block size, the largest of its targets' and their
+        devices' (powers of two, so the largest covers them all); the device does the
+        read-modify-write around it.  ``discards``: only if every target and every device
+        below takes discards (``dm_table_supports_discards``); otherwise the whole device
+        refuses them, also on the parts that could.
+        """
+        blocks = [t.limits.block_size for t in self.targets]
+        blocks += [b.block_size() for b in self._distinct]
+        self.block = max(blocks, default=1)
+        self.discards = all(t.limits.discard_bios for t in self.targets) and all(
+            b.discards() for b in self._distinct
+        )
+
     def check_fits(self) -> None:
+        self._stack_limits()
         for target in self.targets:
             target.check_fits()
+        if self.block > 512:  # validate_hardware_logical_block_alignment
+            for number, line in enumerate(self.lines):
+                if (line.start * 512) % self.block or (line.length * 512) % self.block:
+                    raise TableError(
+                        f"table line {number} (start sect {line.start} len {line.length}) "
+                        f"not aligned to h/w logical block size {self.block}"
+                    )
 
     async def destroy(self) -> None:
         for target in self.targets:
@@ -143,6 +179,7 @@ class LoadedTable:
         for backend in self.backends:
             await self._release(backend)
         self.backends = []
+        self._distinct = []
 
 
 async def _fan_out(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:

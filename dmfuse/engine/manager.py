@@ -343,6 +343,7 @@ class Manager:
             "has_disk": device.ever_loaded,
             "targets": len(table.targets) if table is not None else None,
             "size": device.size,
+            "logical_block_size": device.logical_block_size,
         }
 
     def _selected(self, name: str | None) -> list[Device]:
@@ -383,7 +384,7 @@ class Manager:
         for device in self._selected(name):
             found: dict[str, Any] = {}
             if device.live is not None:
-                for backend in device.live.backends:
+                for backend in device.live.distinct_backends():
                     found.setdefault(
                         backend.display, {"name": backend.display, "devno": backend.devno}
                     )
@@ -430,7 +431,7 @@ async def _install_checks(device: Device, loaded: LoadedTable) -> None:
     """What ``load`` checks after building, before the table takes the inactive slot (on
     failure the table is destroyed and the slot is left as it was)."""
     try:
-        check_no_cycle(device.name, loaded.backends)  # again: other loads ran meanwhile
+        check_no_cycle(device.name, loaded.distinct_backends())  # again: other loads ran meanwhile
     except DmError:
         await loaded.destroy()
         raise
@@ -471,20 +472,36 @@ def _only(lines: list[str], target: str | None) -> list[str]:
 
 
 def _top_down(devices: dict[str, Device]) -> list[Device]:
-    """Devices ordered so that a device comes before the devices it stacks on."""
+    """Devices ordered so that a device comes before the devices it stacks on.
+
+    One pass over every table's backends builds who-stacks-on-whom, so ordering is linear in
+    the number of backends (a mount of 1,000 devices plus a 100k-line table: milliseconds)."""
+    users: dict[str, list[Device]] = {}  # lower device name -> devices whose tables use it
+    for dev in devices.values():
+        lower: set[str] = set()
+        for table in (dev.live, dev.inactive):
+            if table is not None:
+                for backend in table.distinct_backends():
+                    lower.update(backend.depends_on())
+        for name in lower:
+            users.setdefault(name, []).append(dev)
     order: list[Device] = []
     seen: set[str] = set()
 
     def visit(dev: Device) -> None:
-        if dev.name in seen:
-            return
+        stack = [(dev, iter(users.get(dev.name, ())))]
         seen.add(dev.name)
-        for other in devices.values():
-            for table in (other.live, other.inactive):
-                if table is not None and any(dev.name in b.depends_on() for b in table.backends):
-                    visit(other)
-        order.append(dev)
+        while stack:
+            current, pending = stack[-1]
+            user = next(pending, None)
+            if user is None:
+                stack.pop()
+                order.append(current)
+            elif user.name not in seen:
+                seen.add(user.name)
+                stack.append((user, iter(users.get(user.name, ()))))
 
     for dev in list(devices.values()):
-        visit(dev)
+        if dev.name not in seen:
+            visit(dev)
     return order

@@ -162,6 +162,6 @@ def _check_cycle(owner: str, device: Device) -> None:
         for table in (dev.live, dev.inactive):
             if table is None:
                 continue
-            for backend in table.backends:
+            for backend in table.distinct_backends():
                 if isinstance(backend, MappedBackend):
                     stack.append(backend.device)
