@@ -22,6 +22,7 @@ import pytest
 
 from dmfuse.backends.file import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate
 from tests.integration.harness import Mount, run
+from tests.kernel_vm import CACHE, require_vm, run_recorded_script, same_kernel
 
 KERNEL = Path(__file__).parent.parent / "data" / "kernel"
 RECORDED = (KERNEL / "stacking-vm-output.txt").read_text()
@@ -121,3 +122,18 @@ def test_discard_support_is_a_property_of_the_whole_table(mnt: Mount) -> None:
         mnt.cli("remove", "x")
         checked += 1
     assert checked >= 9
+
+
+@pytest.mark.kernel
+async def test_kernel_vm_recording_is_current() -> None:
+    """Rerun stacking_vm.sh in the kernel VM: the same output as recorded."""
+    require_vm()
+    returncode = await run_recorded_script(
+        "stacking-work",
+        KERNEL / "stacking_vm.sh",
+        [KERNEL / "stacking_ops.py"],
+        {"c.img": 64 * 1024, "d.img": 1 << 20},
+    )
+    out = (CACHE / "stacking-work" / "stacking-vm.out").read_text()
+    assert returncode == 0, out
+    assert same_kernel(out) == same_kernel(RECORDED)
