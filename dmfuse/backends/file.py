@@ -4,6 +4,11 @@ The calls are made inline on the trio thread: for data in the page cache a ``pre
 few microseconds, far less than a hop to a worker thread (measured: ``trio.to_thread`` per
 request made a passthrough slower).  Punching uses ``fallocate(2)`` through libc because Python's
 ``os`` only has ``posix_fallocate``.
+
+``seek_data``/``seek_hole`` ask a regular file's filesystem with ``lseek(2)`` SEEK_DATA/SEEK_HOLE
+(walking extent maps can block on metadata I/O, so in a worker thread); a block device has no
+holes.  The fd's file position is never used for I/O (everything is positioned), so the seek
+moving it is harmless.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import stat
 import struct
+
+import trio
 
 from dmfuse.backends.base import Backend, write_zero_buffers
 from dmfuse.errors import IOFailure
@@ -26,6 +34,9 @@ BLKGETSIZE64 = 0x80081272
 BLKDISCARD = 0x1277
 BLKZEROOUT = 0x127F
 
+# Worker threads for lseek SEEK_DATA/SEEK_HOLE on backing files (few: a seek is a metadata walk).
+SEEK_LIMITER = trio.CapacityLimiter(4)
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.fallocate.restype = ctypes.c_int
@@ -36,6 +47,29 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if _libc.fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def seek_in_file(fd: int, offset: int, end: int, *, hole: bool) -> int:
+    """``Backend.seek_data``/``seek_hole`` for the regular file ``fd``: the first data
+    (``hole=False``) or hole byte in ``[offset, end)``, else ``end``.  BLOCKING.
+
+    The file's end is not a hole here (past it reads fail, so that part counts as data), and
+    any failure of the seek other than ENXIO means "data": a false hole would lose data in a
+    sparse copy, a false "data" only costs reading zeros.
+    """
+    size = os.fstat(fd).st_size
+    if offset >= size:
+        return offset if not hole else end  # past the end: data
+    try:
+        found = os.lseek(fd, offset, os.SEEK_HOLE if hole else os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO and not hole:
+            found = size  # a hole from offset to the file's end (it shrank since fstat: too)
+        else:
+            return offset if not hole else end
+    if hole and found >= size:
+        return end  # only the virtual hole at the end: none inside the file
+    return min(found, size, end)
 
 
 class FileBackend(Backend):
@@ -101,6 +135,25 @@ class FileBackend(Backend):
             if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
             await write_zero_buffers(self.write, offset, length)
+
+    def allocated(self) -> int | None:
+        return None if self.is_block else os.fstat(self.fd).st_blocks * 512
+
+    async def seek_data(self, offset: int, end: int) -> int:
+        if self.is_block:
+            return offset
+        return await trio.to_thread.run_sync(
+            functools.partial(seek_in_file, self.fd, offset, end, hole=False),
+            limiter=SEEK_LIMITER,
+        )
+
+    async def seek_hole(self, offset: int, end: int) -> int:
+        if self.is_block:
+            return end
+        return await trio.to_thread.run_sync(
+            functools.partial(seek_in_file, self.fd, offset, end, hole=True),
+            limiter=SEEK_LIMITER,
+        )
 
     def file_fd(self) -> int:
         return self.fd

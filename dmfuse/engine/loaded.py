@@ -3,6 +3,10 @@
 This is where requests are split (see :mod:`dmfuse.mapping`) and fanned out.  One piece takes
 the fast path (awaited directly, no nursery); several run concurrently, each recording its own
 failure, and the request reports one error: the last one recorded, like dm's bio completion.
+
+SEEK_DATA/SEEK_HOLE (:meth:`LoadedTable.seek`) bisect to the target holding the offset and ask
+targets in order; the walk is bounded (:data:`SEEK_TARGETS`), so a seek costs the same on a
+table of ten lines or a million.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from dmfuse.table import Layout, TableLine, format_line
 from dmfuse.target import Flushed, Target
 
 log = logging.getLogger(__name__)
+
+# Distinct backends asked for their allocation on a stat of the device file (the rest count full).
+ALLOCATED_BACKENDS = 64
+# Targets one seek asks before it stops and answers conservatively (see LoadedTable.seek).
+SEEK_TARGETS = 1024
 
 
 class LoadedTable:
@@ -46,6 +55,7 @@ class LoadedTable:
         self.block = max((t.limits.block_size for t in targets), default=1)
         self._no_boundaries = [0] * len(targets)
         self._release = release
+        self._opaque_bytes, self._sources = _data_sources(targets)
 
     # -- I/O ---------------------------------------------------------------------------------
     def pieces(self, offset: int, length: int) -> list[Piece]:
@@ -100,6 +110,44 @@ class LoadedTable:
         targets = self.targets
         await _fan_out([partial(targets[i].write_zeroes, rel, n) for i, rel, n, _ in pieces])
 
+    async def seek(self, offset: int, *, hole: bool) -> int:
+        """SEEK_DATA (``hole=False``) or SEEK_HOLE from ``offset`` (``< size``): the first
+        byte at or after it that may be data, or that is known to be a hole (reads as zeros);
+        ``size`` if there is none.
+
+        A target answers inside itself or says "none here" (its length), and the walk moves
+        to the next target.  After :data:`SEEK_TARGETS` targets without an answer it stops
+        and answers conservatively, never claiming a hole it has not seen: SEEK_DATA says the
+        next target's start (maybe data), SEEK_HOLE says ``size`` (data up to the end).
+        """
+        targets = self.targets
+        index = self.layout.locate(offset)
+        rel = offset - self._starts[index]
+        stop = min(len(targets), index + SEEK_TARGETS)
+        while index < stop:
+            target = targets[index]
+            found = await (target.seek_hole(rel) if hole else target.seek_data(rel))
+            if found < target.length:
+                return self._starts[index] + found
+            index += 1
+            rel = 0
+        if not hole and index < len(targets):
+            return self._starts[index]
+        return self.size
+
+    def allocated(self) -> int:
+        """Estimated data bytes (the device file's ``st_blocks * 512``): targets whose bytes
+        are data count in full, ``zero`` not at all, and a backend whose holes show through
+        counts at most what it has allocated.  An estimate, not a promise (``SEEK_HOLE`` is
+        the exact answer): it only tells ``cp``/``tar``/``rsync`` whether probing for holes is
+        worth it, so it costs one ``fstat`` per distinct backend, at most
+        :data:`ALLOCATED_BACKENDS` of them."""
+        total = self._opaque_bytes
+        for count, (backend, mapped) in enumerate(self._sources):
+            held = backend.allocated() if count < ALLOCATED_BACKENDS else None
+            total += mapped if held is None else min(mapped, held)
+        return total
+
     # -- description -------------------------------------------------------------------------
     def table_lines(self, showkeys: bool = False) -> list[str]:
         return [
@@ -126,6 +174,21 @@ class LoadedTable:
         for backend in self.backends:
             await self._release(backend)
         self.backends = []
+
+
+def _data_sources(targets: Sequence[Target]) -> tuple[int, list[tuple[Backend, int]]]:
+    """Bytes that are data whatever the backends hold, and bytes mapped per distinct backend."""
+    opaque = 0
+    mapped: dict[int, tuple[Backend, int]] = {}
+    for target in targets:
+        sources = target.data_sources()
+        if sources is None:
+            opaque += target.length
+            continue
+        for backend, length in sources:
+            _, before = mapped.get(id(backend), (backend, 0))
+            mapped[id(backend)] = (backend, before + length)
+    return opaque, list(mapped.values())
 
 
 async def _fan_out(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
