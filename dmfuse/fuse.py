@@ -10,8 +10,9 @@ filesystem), not to us.  Attributes and names are never cached (timeouts 0), so 
 visible to ``stat`` at once; the inode is also invalidated on resize for good measure.
 ``fsync`` is a dm flush; ``flush`` (close) is not.  ``fallocate`` PUNCH_HOLE|KEEP_SIZE is a
 discard that must leave zeros, ZERO_RANGE is write-zeroes; ``lseek`` SEEK_DATA/SEEK_HOLE
-report the holes the live table knows of (:meth:`Device.seek`); all three need the pyfuse3
-patch in ``patches/``.
+report the holes the live table knows of (:meth:`Device.seek`) and ``st_blocks`` estimates its
+data (:meth:`Device.allocated`), which ``cp`` and ``tar -S`` check before asking for holes;
+fallocate and lseek need the pyfuse3 patch in ``patches/``.
 """
 
 from __future__ import annotations

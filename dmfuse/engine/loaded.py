@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # Distinct backends asked for their allocation on a stat of the device file (the rest count full).
 ALLOCATED_BACKENDS = 64
 # Targets one seek asks before it stops and answers conservatively (see LoadedTable.seek).
-SEEK_TARGETS = 1024
+SEEK_TARGETS = 256
 
 
 class LoadedTable:
@@ -139,7 +139,7 @@ class LoadedTable:
         """Estimated data bytes (the device file's ``st_blocks * 512``): targets whose bytes
         are data count in full, ``zero`` not at all, and a backend whose holes show through
         counts at most what it has allocated.  An estimate, not a promise (``SEEK_HOLE`` is
-        the exact answer): it only tells ``cp``/``tar``/``rsync`` whether probing for holes is
+        the exact answer): it only tells ``cp`` and ``tar -S`` whether probing for holes is
         worth it, so it costs one ``fstat`` per distinct backend, at most
         :data:`ALLOCATED_BACKENDS` of them."""
         total = self._opaque_bytes

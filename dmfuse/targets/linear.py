@@ -10,7 +10,8 @@ Flush, discard and write-zeroes pass down.  No messages.
 
 Differences from the kernel: lseek(2) SEEK_DATA/SEEK_HOLE on the device file pass down too: a
 hole of a sparse backing file (asked with lseek in a worker thread) or of a lower dmfuse device
-is a hole of this target; a block device is all data.
+is a hole of this target; a block device is all data.  In the device file's ``st_blocks`` the
+target counts at most what its backing file has allocated.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ Differences from the kernel: lseek(2) SEEK_DATA/SEEK_HOLE on the device file see
 holes (sparse backing files, lower dmfuse devices).  Each stripe's part of the target is one
 contiguous range of its device, so a seek asks each stripe once, from where the offset falls on
 it, and maps the nearest answer back: ``num_stripes`` questions per seek, however many chunks
-lie between the offset and the answer.
+lie between the offset and the answer.  In the device file's ``st_blocks`` each stripe counts
+at most what its device has allocated.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Status and table strings are empty.  Takes no flushes.  Classic use: a huge spar
 
 Differences from the kernel: on the device file the whole target is a hole for lseek(2)
 SEEK_DATA/SEEK_HOLE (the kernel's block device has no holes), so ``cp --sparse``, ``qemu-img
-map`` and ``tar -S`` skip it without reading.
+map`` and ``tar -S`` skip it without reading, and it counts nothing in the device file's
+``st_blocks``.
 """
 
 from __future__ import annotations
