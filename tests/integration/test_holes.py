@@ -132,3 +132,34 @@ def test_stacked_device_shows_the_lower_devices_holes(mnt: Mount) -> None:
         assert os.lseek(fd, 0, os.SEEK_HOLE) == expected_seek(top_hole, size, 0, hole=True)
     finally:
         os.close(fd)
+
+
+def test_punched_range_becomes_a_hole(mnt: Mount) -> None:
+    sparse_image(mnt.image("a.img", 0), 2 * MiB, [(0, 2 * MiB)])  # all data
+    sparse_image(mnt.image("b.img", 0), 1 * MiB, [(0, 1 * MiB)])
+    mnt.table("d", "0 2048 linear a.img 1024\n2048 2048 striped 2 32 b.img 0 b.img 1024\n")
+    mnt.mount()
+    dev = mnt.dev("d")
+    assert qemu_map(dev) == [(0, 2 * MiB, True)]
+    # a discard punches the backing file, and then the device reports the hole it left
+    run("fallocate", "-p", "-o", str(256 * KiB), "-l", str(128 * KiB), dev)
+    assert qemu_map(dev) == [
+        (0, 256 * KiB, True),
+        (256 * KiB, 128 * KiB, False),
+        (384 * KiB, 2 * MiB - 384 * KiB, True),
+    ]
+    # the striped half: 16K chunks alternate between b@0 and b@512K; punch one chunk of each
+    run("fallocate", "-p", "-o", str(MiB + 32 * KiB), "-l", str(32 * KiB), dev)
+    assert qemu_map(dev)[2:] == [
+        (384 * KiB, MiB - 384 * KiB + 32 * KiB, True),
+        (MiB + 32 * KiB, 32 * KiB, False),
+        (MiB + 64 * KiB, MiB - 64 * KiB, True),
+    ]
+    with open(mnt.tables / "b.img", "rb") as fh:  # where the chunks landed on b
+        assert fh.read()[16 * KiB : 32 * KiB] == bytes(16 * KiB)
+    fd = os.open(dev, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, MiB, os.SEEK_HOLE) == MiB + 32 * KiB
+        assert os.lseek(fd, MiB + 40 * KiB, os.SEEK_DATA) == MiB + 64 * KiB
+    finally:
+        os.close(fd)

@@ -120,6 +120,20 @@ async def test_stacked_device_reports_the_lower_holes(tmp_path: Path) -> None:
         return a_hole(o - 768 * KiB)
 
     await _check_against_model(top.seek, is_hole, top.size)
+    # striped over two stacked devices: chunks of 16K alternate between low and low2
+    await m.create("st", "0 2048 striped 2 32 /dev/mapper/low 0 /dev/mapper/low2 0")
+    st = m.get("st")
+
+    def st_hole(o: int) -> bool:
+        chunk, within = divmod(o, 16 * KiB)
+        row, stripe = divmod(chunk, 2)
+        where = row * 16 * KiB + within
+        if stripe == 0:
+            return True if where >= 512 * KiB else a_hole(512 * KiB + where)
+        return a_hole(where)
+
+    await _check_against_model(st.seek, st_hole, st.size)
+    assert any(not st_hole(o) for o in range(0, st.size, BLOCK))
     assert await top.seek(0, hole=False) == (768 * KiB + 256 * KiB, top.size)
     # the lower device shrinking under the upper one: its end is no hole, past it is data
     await m.load("low2", f"0 512 linear {a} 0")
