@@ -45,13 +45,13 @@ class MappedBackend(Backend):
         return self.device.allocated()
 
     async def seek_data(self, offset: int, end: int) -> int:
-        found, size = await self.device.seek(offset, hole=False)
+        found, size = await self.device.seek(offset, hole=False, end=end)
         if offset >= size:
             return offset  # past the lower device's end: reads fail, that is not a hole
         return min(found, end)
 
     async def seek_hole(self, offset: int, end: int) -> int:
-        found, size = await self.device.seek(offset, hole=True)
+        found, size = await self.device.seek(offset, hole=True, end=end)
         if found >= size:
             return end  # the lower device's end is no hole for us (past it reads fail)
         return min(found, end)

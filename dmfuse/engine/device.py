@@ -190,13 +190,14 @@ class Device:
         finally:
             self._done()
 
-    async def seek(self, offset: int, *, hole: bool) -> tuple[int, int]:
+    async def seek(self, offset: int, *, hole: bool, end: int | None = None) -> tuple[int, int]:
         """lseek SEEK_DATA (``hole=False``) or SEEK_HOLE on the live table: ``(found, size)``.
 
         ``found`` is the first byte at or after ``offset`` that may be data, or that is known
         to be a hole; ``size`` (the answering table's size) if there is none.  ``size`` is
         returned so the caller judges ``offset`` against the same table (``offset >= size``
-        gives ``(offset, size)``).  Admitted like I/O: it waits while the device is suspended,
+        gives ``(offset, size)``).  ``end``: only ``[offset, end)`` matters (stacking), see
+        :meth:`LoadedTable.seek`.  Admitted like I/O: it waits while the device is suspended,
         and the table it asks (whose backing files it seeks in) stays live until it is done.
         """
         live = await self._admit()
@@ -204,7 +205,7 @@ class Device:
             size = live.size
             if offset >= size:
                 return offset, size
-            return await live.seek(offset, hole=hole), size
+            return await live.seek(offset, hole=hole, end=end), size
         finally:
             self._done()
 

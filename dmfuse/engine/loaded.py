@@ -110,10 +110,11 @@ class LoadedTable:
         targets = self.targets
         await _fan_out([partial(targets[i].write_zeroes, rel, n) for i, rel, n, _ in pieces])
 
-    async def seek(self, offset: int, *, hole: bool) -> int:
+    async def seek(self, offset: int, *, hole: bool, end: int | None = None) -> int:
         """SEEK_DATA (``hole=False``) or SEEK_HOLE from ``offset`` (``< size``): the first
         byte at or after it that may be data, or that is known to be a hole (reads as zeros);
-        ``size`` if there is none.
+        ``size`` if there is none.  With ``end``, targets from ``end`` on are not asked (an
+        upper device asks about one range of this one) and an answer ``>= end`` means none.
 
         A target answers inside itself or says "none here" (its length), and the walk moves
         to the next target.  After :data:`SEEK_TARGETS` targets without an answer it stops
@@ -124,15 +125,18 @@ class LoadedTable:
         index = self.layout.locate(offset)
         rel = offset - self._starts[index]
         stop = min(len(targets), index + SEEK_TARGETS)
+        starts = self._starts
+        if end is not None and end < self.size:
+            stop = min(stop, self.layout.locate(end - 1) + 1)
         while index < stop:
             target = targets[index]
             found = await (target.seek_hole(rel) if hole else target.seek_data(rel))
             if found < target.length:
-                return self._starts[index] + found
+                return starts[index] + found
             index += 1
             rel = 0
         if not hole and index < len(targets):
-            return self._starts[index]
+            return starts[index]
         return self.size
 
     def allocated(self) -> int:

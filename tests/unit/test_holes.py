@@ -14,6 +14,7 @@ import trio.testing
 from dmfuse.backends.file import seek_in_file
 from dmfuse.engine import loaded
 from dmfuse.engine.manager import Manager
+from dmfuse.targets.zero import Zero
 from tests.sparse import BLOCK, expected_seek, file_holes, sparse_image
 
 KiB = 1024
@@ -193,6 +194,25 @@ async def test_walk_is_bounded_and_stops_conservatively(
     dev = m.get("d")
     assert await dev.seek(0, hole=True) == (336 * S, 336 * S)
     assert await dev.seek(30 * 4096, hole=True) == (40 * 4096, 336 * S)
+
+
+async def test_a_stacked_seek_asks_only_the_lower_lines_it_maps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+
+    async def counting(self: Zero, offset: int) -> int:
+        asked.append(offset)
+        return self.length
+
+    monkeypatch.setattr(Zero, "seek_data", counting)
+    a = sparse_image(str(tmp_path / "a.img"), MiB, [(0, MiB)])
+    m = Manager()
+    await m.create("z", "".join(f"{i * 8} 8 zero\n" for i in range(100)))
+    # top maps 5 lines of z (from the middle of its 3rd line), then data
+    await m.create("top", f"0 36 linear /dev/mapper/z 20\n36 8 linear {a} 0\n")
+    assert await m.get("top").seek(0, hole=False) == (36 * S, 44 * S)
+    assert len(asked) == 5
 
 
 async def test_seek_waits_while_suspended_like_io(tmp_path: Path) -> None:
