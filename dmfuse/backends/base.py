@@ -49,17 +49,17 @@ class Backend(abc.ABC):
         backend's end, where reads fail, is data too)."""
         return offset
 
-    def allocated(self) -> int | None:
-        """Bytes the backend has allocated (a sparse file's ``st_blocks * 512``), for the
-        device file's ``st_blocks``; None if unknown (every mapped byte counts).  Cheap: it
-        runs on every ``stat`` of the device file."""
-        return None
-
     async def seek_hole(self, offset: int, end: int) -> int:
         """The first byte in ``[offset, end)`` known to be a hole, ``end`` if there is none.
         Default: there is none (the end of the backend is not a hole here: past it reads
         fail)."""
         return end
+
+    def allocated(self) -> int | None:
+        """Bytes the backend has allocated (a sparse file's ``st_blocks * 512``), for the
+        device file's ``st_blocks``; None if unknown (every mapped byte counts).  Cheap: it
+        runs on every ``stat`` of the device file."""
+        return None
 
     @abc.abstractmethod
     async def close(self) -> None:

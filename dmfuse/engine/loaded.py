@@ -121,11 +121,10 @@ class LoadedTable:
         and answers conservatively, never claiming a hole it has not seen: SEEK_DATA says the
         next target's start (maybe data), SEEK_HOLE says ``size`` (data up to the end).
         """
-        targets = self.targets
+        targets, starts = self.targets, self._starts
         index = self.layout.locate(offset)
-        rel = offset - self._starts[index]
+        rel = offset - starts[index]
         stop = min(len(targets), index + SEEK_TARGETS)
-        starts = self._starts
         if end is not None and end < self.size:
             stop = min(stop, self.layout.locate(end - 1) + 1)
         while index < stop:
