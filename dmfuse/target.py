@@ -168,6 +168,12 @@ class Target(abc.ABC):
         hole (reads as zeros); ``length`` if there is none."""
         return self.length
 
+    def remap(self) -> tuple[Backend, int] | None:
+        """``(backend, base)`` when byte ``o`` of the target is byte ``base + o`` of
+        ``backend``, holes included, and nothing else happens to it (linear): a seek then asks
+        the backend directly, and a run of such lines over files in one go."""
+        return None
+
     def data_sources(self) -> list[tuple[Backend, int]] | None:
         """Where the target's data may come from, for the device file's ``st_blocks``:
         ``(backend, bytes of it mapped)`` pairs when the target's holes are its backends'

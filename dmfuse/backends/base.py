@@ -61,6 +61,12 @@ class Backend(abc.ABC):
         runs on every ``stat`` of the device file."""
         return None
 
+    def seek_fd(self) -> int | None:
+        """A regular file's fd whose SEEK_DATA/SEEK_HOLE answers are this backend's, so a
+        seek over many table lines asks them all in one worker-thread call
+        (:func:`dmfuse.backends.file.seek_in_files`); None if there is none."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release what was opened (called when the last table using it is destroyed)."""

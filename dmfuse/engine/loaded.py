@@ -18,6 +18,7 @@ from functools import partial
 import trio
 
 from dmfuse.backends.base import Backend
+from dmfuse.backends.file import seek_in_files
 from dmfuse.errors import DmError, IOFailure, NotSupported
 from dmfuse.mapping import Piece, split_range
 from dmfuse.table import Layout, TableLine, format_line
@@ -56,6 +57,7 @@ class LoadedTable:
         self._no_boundaries = [0] * len(targets)
         self._release = release
         self._opaque_bytes, self._sources = _data_sources(targets)
+        self._file_spans = [_file_span(t) for t in targets]
 
     # -- I/O ---------------------------------------------------------------------------------
     def pieces(self, offset: int, length: int) -> list[Piece]:
@@ -117,9 +119,11 @@ class LoadedTable:
         upper device asks about one range of this one) and an answer ``>= end`` means none.
 
         A target answers inside itself or says "none here" (its length), and the walk moves
-        to the next target.  After :data:`SEEK_TARGETS` targets without an answer it stops
-        and answers conservatively, never claiming a hole it has not seen: SEEK_DATA says the
-        next target's start (maybe data), SEEK_HOLE says ``size`` (data up to the end).
+        to the next target; a run of lines that remap straight onto regular files (linear) is
+        asked in one worker-thread call.  After :data:`SEEK_TARGETS` targets without an
+        answer the walk stops and answers conservatively, never claiming a hole it has not
+        seen: SEEK_DATA says the next target's start (maybe data), SEEK_HOLE says ``size``
+        (data up to the end).
         """
         targets, starts = self.targets, self._starts
         index = self.layout.locate(offset)
@@ -127,7 +131,22 @@ class LoadedTable:
         stop = min(len(targets), index + SEEK_TARGETS)
         if end is not None and end < self.size:
             stop = min(stop, self.layout.locate(end - 1) + 1)
+        file_spans = self._file_spans
         while index < stop:
+            if file_spans[index] is not None:  # lines straight onto files: ask them together
+                spans: list[tuple[int, int, int]] = []
+                bases: list[int] = []
+                run = index
+                while run < stop and (span := file_spans[run]) is not None:
+                    fd, base = span
+                    spans.append((fd, base + rel, base + self._ends[run] - starts[run]))
+                    bases.append(base)
+                    run, rel = run + 1, 0
+                hit, found = await seek_in_files(spans, hole=hole)
+                if hit < len(spans):
+                    return starts[index + hit] + found - bases[hit]
+                index = run
+                continue
             target = targets[index]
             found = await (target.seek_hole(rel) if hole else target.seek_data(rel))
             if found < target.length:
@@ -177,6 +196,16 @@ class LoadedTable:
         for backend in self.backends:
             await self._release(backend)
         self.backends = []
+
+
+def _file_span(target: Target) -> tuple[int, int] | None:
+    """``(fd, base)`` of a target that is a plain remap onto a regular file, else None."""
+    remap = target.remap()
+    if remap is None:
+        return None
+    backend, base = remap
+    fd = backend.seek_fd()
+    return None if fd is None else (fd, base)
 
 
 def _data_sources(targets: Sequence[Target]) -> tuple[int, list[tuple[Backend, int]]]:

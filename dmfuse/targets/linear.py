@@ -56,6 +56,9 @@ class Linear(Target):
     async def write_zeroes(self, offset: int, length: int) -> None:
         await self.dev.write_zeroes(self.base + offset, length)
 
+    def remap(self) -> tuple[Backend, int]:
+        return self.dev, self.base
+
     def data_sources(self) -> list[tuple[Backend, int]]:
         return [(self.dev, self.length)]
 

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from dmfuse.backends import file as file_backend
 from dmfuse.backends.file import seek_in_file
 from dmfuse.engine import loaded
 from dmfuse.engine.manager import Manager
@@ -194,6 +195,35 @@ async def test_walk_is_bounded_and_stops_conservatively(
     dev = m.get("d")
     assert await dev.seek(0, hole=True) == (336 * S, 336 * S)
     assert await dev.seek(30 * 4096, hole=True) == (40 * 4096, 336 * S)
+
+
+async def test_a_run_of_linear_lines_over_files_costs_one_thread_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hops: list[int] = []
+    first_answer = file_backend._first_answer
+
+    def counting(spans: list[tuple[int, int, int]], hole: bool) -> tuple[int, int]:
+        hops.append(len(spans))
+        return first_answer(spans, hole)
+
+    monkeypatch.setattr(file_backend, "_first_answer", counting)
+    a = sparse_image(str(tmp_path / "a.img"), MiB, [(70 * BLOCK + 512, 512)])
+    b = sparse_image(str(tmp_path / "b.img"), MiB, [(0, MiB)])
+    m = Manager()
+    # 100 lines of 4K: a's blocks in reverse order, then a zero line, then b
+    lines = "".join(f"{i * 8} 8 linear {a} {(99 - i) * 8}\n" for i in range(100))
+    await m.create("d", lines + f"800 8 zero\n808 16 linear {b} 0\n")
+    dev = m.get("d")
+    assert await dev.seek(100, hole=False) == (29 * BLOCK, 824 * S)  # whole blocks on disk
+    assert hops == [100]  # line 29 is a's block 70; the first line asked from byte 100
+    hops.clear()
+    assert await dev.seek(30 * BLOCK, hole=False) == (101 * BLOCK, 824 * S)  # past the zero
+    assert hops == [70, 1]
+    hops.clear()
+    assert await dev.seek(29 * BLOCK + 600, hole=True) == (30 * BLOCK, 824 * S)
+    assert await dev.seek(101 * BLOCK + 7, hole=True) == (824 * S, 824 * S)
+    assert hops == [71, 1]
 
 
 async def test_a_stacked_seek_asks_only_the_lower_lines_it_maps(
