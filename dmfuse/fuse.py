@@ -9,8 +9,10 @@ Device files are opened with ``direct_io``: a mapped device's data can change un
 filesystem), not to us.  Attributes and names are never cached (timeouts 0), so a resize is
 visible to ``stat`` at once; the inode is also invalidated on resize for good measure.
 ``fsync`` is a dm flush; ``flush`` (close) is not.  ``fallocate`` PUNCH_HOLE|KEEP_SIZE is a
-discard that must leave zeros, ZERO_RANGE is write-zeroes; both need the pyfuse3 patch in
-``patches/``.
+discard that must leave zeros, ZERO_RANGE is write-zeroes; ``lseek`` SEEK_DATA/SEEK_HOLE
+report the holes the live table knows of (:meth:`Device.seek`) and ``st_blocks`` estimates its
+data (:meth:`Device.allocated`), which ``cp`` and ``tar -S`` check before asking for holes;
+fallocate and lseek need the pyfuse3 patch in ``patches/``.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ class DeviceFiles(pyfuse3.Operations):
         attr.st_nlink = 1
         attr.st_size = device.size
         attr.st_blksize = max(4096, device.logical_block_size)
-        attr.st_blocks = device.size // 512
+        attr.st_blocks = -(-device.allocated() // 512)  # fewer than size/512: has holes
         return attr
 
     def _device(self, inode: int) -> Device:
@@ -287,10 +289,14 @@ class DeviceFiles(pyfuse3.Operations):
 
     @_guarded
     async def lseek(self, fh: int, offset: int, whence: int) -> int:
-        # Every byte of a mapped device is data: no holes to report, as for a block device.
-        size = self._handles[fh].size
+        # As lseek(2) on a regular file: the table says where its holes are (zero targets,
+        # holes of sparse backing files); EOF counts as a hole; ENXIO at or past the end, and
+        # for SEEK_DATA when only holes follow.
         if whence not in (SEEK_DATA, SEEK_HOLE):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        if offset >= size:
+        if offset < 0:
             raise pyfuse3.FUSEError(errno.ENXIO)
-        return offset if whence == SEEK_DATA else size
+        found, size = await self._handles[fh].seek(offset, hole=whence == SEEK_HOLE)
+        if offset >= size or (found >= size and whence == SEEK_DATA):
+            raise pyfuse3.FUSEError(errno.ENXIO)
+        return found

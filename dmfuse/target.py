@@ -9,6 +9,12 @@ A target that maps by the *device's* sector, as some kernel targets do (log-writ
 adds ``begin``: where its table line starts, in bytes (the kernel's ``ti->begin``), and may
 read ``table_size``: the whole table's size in bytes (the kernel's ``dm_table_get_size``).
 
+``seek_data``/``seek_hole`` tell which bytes are known holes (read as zeros) for lseek(2)
+SEEK_DATA/SEEK_HOLE on the device file, which the kernel's dm has no notion of.  The default is
+"every byte is data", which is always safe: a false hole loses data in a sparse copy, a false
+"data" only costs reading zeros.  Targets that know better (zero, linear, striped) override them
+with a bounded amount of work per call.
+
 ``status`` is the kernel's STATUSTYPE_INFO string, ``table`` its STATUSTYPE_TABLE string (which
 must feed back into ``load`` unchanged).
 """
@@ -174,6 +180,29 @@ class Target(abc.ABC):
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         await write_zero_buffers(self.write, offset, length)
+
+    async def seek_data(self, offset: int) -> int:
+        """The first target-relative byte at or after ``offset`` (``< length``) that may be
+        data; ``length`` if the rest of the target is known to be a hole."""
+        return offset
+
+    async def seek_hole(self, offset: int) -> int:
+        """The first target-relative byte at or after ``offset`` (``< length``) known to be a
+        hole (reads as zeros); ``length`` if there is none."""
+        return self.length
+
+    def remap(self) -> tuple[Backend, int] | None:
+        """``(backend, base)`` when byte ``o`` of the target is byte ``base + o`` of
+        ``backend``, holes included, and nothing else happens to it (linear): a seek then asks
+        the backend directly, and a run of such lines over files in one go."""
+        return None
+
+    def data_sources(self) -> list[tuple[Backend, int]] | None:
+        """Where the target's data may come from, for the device file's ``st_blocks``:
+        ``(backend, bytes of it mapped)`` pairs when the target's holes are its backends'
+        holes, ``[]`` when it holds no data at all, None (the default) when every byte is
+        data whatever the backends hold."""
+        return None
 
     def status(self) -> str:
         return ""

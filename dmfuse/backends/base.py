@@ -42,6 +42,32 @@ class Backend(abc.ABC):
     async def write_zeroes(self, offset: int, length: int) -> None:
         await self.discard(offset, length)
 
+    async def seek_data(self, offset: int, end: int) -> int:
+        """The first byte in ``[offset, end)`` that may be data, ``end`` if the whole range is
+        known to be a hole (reads as zeros).  Default: every byte is data.
+
+        Answers are conservative: a byte not known to be a hole is data (so a byte past the
+        backend's end, where reads fail, is data too)."""
+        return offset
+
+    async def seek_hole(self, offset: int, end: int) -> int:
+        """The first byte in ``[offset, end)`` known to be a hole, ``end`` if there is none.
+        Default: there is none (the end of the backend is not a hole here: past it reads
+        fail)."""
+        return end
+
+    def allocated(self) -> int | None:
+        """Bytes the backend has allocated (a sparse file's ``st_blocks * 512``), for the
+        device file's ``st_blocks``; None if unknown (every mapped byte counts).  Cheap: it
+        runs on every ``stat`` of the device file."""
+        return None
+
+    def seek_fd(self) -> int | None:
+        """A regular file's fd whose SEEK_DATA/SEEK_HOLE answers are this backend's, so a
+        seek over many table lines asks them all in one worker-thread call
+        (:func:`dmfuse.backends.file.seek_in_files`); None if there is none."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release what was opened (called when the last table using it is destroyed)."""

@@ -3,6 +3,7 @@
 I/O goes straight to that device's dispatcher, never through the mount: re-entering the kernel
 from a FUSE handler could deadlock the request queue.  While a table holds it, the lower device
 counts as open (``Open count`` in ``info``), so it cannot be removed under its user.
+SEEK_DATA/SEEK_HOLE ask the lower device's live table, so its holes show through.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ class MappedBackend(Backend):
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         await self.device.discard(offset, length, zero_fill=True)
+
+    def allocated(self) -> int | None:
+        return self.device.allocated()
+
+    async def seek_data(self, offset: int, end: int) -> int:
+        found, size = await self.device.seek(offset, hole=False, end=end)
+        if offset >= size:
+            return offset  # past the lower device's end: reads fail, that is not a hole
+        return min(found, end)
+
+    async def seek_hole(self, offset: int, end: int) -> int:
+        found, size = await self.device.seek(offset, hole=True, end=end)
+        if found >= size:
+            return end  # the lower device's end is no hole for us (past it reads fail)
+        return min(found, end)
 
     async def close(self) -> None:
         self.device.open_count -= 1

@@ -68,6 +68,11 @@ class Device:
         live = self.live
         return max(live.block, 512) if live is not None else 512
 
+    def allocated(self) -> int:
+        """Estimated bytes of the device that hold data (``st_blocks * 512`` of its file)."""
+        live = self.live
+        return live.allocated() if live is not None else 0
+
     def state(self) -> DeviceState:
         return DeviceState(
             has_live=self.live is not None,
@@ -207,6 +212,25 @@ class Device:
                 await live.write_zeroes(offset, length)
             else:
                 await live.discard(offset, length)
+        finally:
+            self._done()
+
+    async def seek(self, offset: int, *, hole: bool, end: int | None = None) -> tuple[int, int]:
+        """lseek SEEK_DATA (``hole=False``) or SEEK_HOLE on the live table: ``(found, size)``.
+
+        ``found`` is the first byte at or after ``offset`` that may be data, or that is known
+        to be a hole; ``size`` (the answering table's size) if there is none.  ``size`` is
+        returned so the caller judges ``offset`` against the same table (``offset >= size``
+        gives ``(offset, size)``).  ``end``: only ``[offset, end)`` matters (stacking), see
+        :meth:`LoadedTable.seek`.  Admitted like I/O: it waits while the device is suspended,
+        and the table it asks (whose backing files it seeks in) stays live until it is done.
+        """
+        live = await self._admit()
+        try:
+            size = live.size
+            if offset >= size:
+                return offset, size
+            return await live.seek(offset, hole=hole, end=end), size
         finally:
             self._done()
 

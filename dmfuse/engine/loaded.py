@@ -3,6 +3,10 @@
 This is where requests are split (see :mod:`dmfuse.mapping`) and fanned out.  One piece takes
 the fast path (awaited directly, no nursery); several run concurrently, each recording its own
 failure, and the request reports one error: the last one recorded, like dm's bio completion.
+
+SEEK_DATA/SEEK_HOLE (:meth:`LoadedTable.seek`) bisect to the target holding the offset and ask
+targets in order; the walk is bounded (:data:`SEEK_TARGETS`), so a seek costs the same on a
+table of ten lines or a million.
 """
 
 from __future__ import annotations
@@ -14,12 +18,18 @@ from functools import partial
 import trio
 
 from dmfuse.backends.base import Backend
+from dmfuse.backends.file import seek_in_files
 from dmfuse.errors import DmError, IOFailure, NotSupported, TableError
 from dmfuse.mapping import Piece, split_range
 from dmfuse.table import Layout, TableLine, format_line
 from dmfuse.target import Flushed, Target
 
 log = logging.getLogger(__name__)
+
+# Distinct backends asked for their allocation on a stat of the device file (the rest count full).
+ALLOCATED_BACKENDS = 64
+# Targets one seek asks before it stops and answers conservatively (see LoadedTable.seek).
+SEEK_TARGETS = 256
 
 
 class LoadedTable:
@@ -62,6 +72,8 @@ class LoadedTable:
             else:
                 self._flush_targets.append(target)
         self._flush_backends = list(plain.values())
+        self._opaque_bytes, self._sources = _data_sources(targets)
+        self._file_spans = [_file_span(t) for t in targets]
 
     # -- I/O ---------------------------------------------------------------------------------
     def pieces(self, offset: int, length: int) -> list[Piece]:
@@ -127,6 +139,64 @@ class LoadedTable:
         over one file lists it 100k times)."""
         return self._distinct
 
+    async def seek(self, offset: int, *, hole: bool, end: int | None = None) -> int:
+        """SEEK_DATA (``hole=False``) or SEEK_HOLE from ``offset`` (``< size``): the first
+        byte at or after it that may be data, or that is known to be a hole (reads as zeros);
+        ``size`` if there is none.  With ``end``, targets from ``end`` on are not asked (an
+        upper device asks about one range of this one) and an answer ``>= end`` means none.
+
+        A target answers inside itself or says "none here" (its length), and the walk moves
+        to the next target; a run of lines that remap straight onto regular files (linear) is
+        asked in one worker-thread call.  After :data:`SEEK_TARGETS` targets without an
+        answer the walk stops and answers conservatively, never claiming a hole it has not
+        seen: SEEK_DATA says the next target's start (maybe data), SEEK_HOLE says ``size``
+        (data up to the end).
+        """
+        targets, starts = self.targets, self._starts
+        index = self.layout.locate(offset)
+        rel = offset - starts[index]
+        stop = min(len(targets), index + SEEK_TARGETS)
+        if end is not None and end < self.size:
+            stop = min(stop, self.layout.locate(end - 1) + 1)
+        file_spans = self._file_spans
+        while index < stop:
+            if file_spans[index] is not None:  # lines straight onto files: ask them together
+                spans: list[tuple[int, int, int]] = []
+                bases: list[int] = []
+                run = index
+                while run < stop and (span := file_spans[run]) is not None:
+                    fd, base = span
+                    spans.append((fd, base + rel, base + self._ends[run] - starts[run]))
+                    bases.append(base)
+                    run, rel = run + 1, 0
+                hit, found = await seek_in_files(spans, hole=hole)
+                if hit < len(spans):
+                    return starts[index + hit] + found - bases[hit]
+                index = run
+                continue
+            target = targets[index]
+            found = await (target.seek_hole(rel) if hole else target.seek_data(rel))
+            if found < target.length:
+                return starts[index] + found
+            index += 1
+            rel = 0
+        if not hole and index < len(targets):
+            return starts[index]
+        return self.size
+
+    def allocated(self) -> int:
+        """Estimated data bytes (the device file's ``st_blocks * 512``): targets whose bytes
+        are data count in full, ``zero`` not at all, and a backend whose holes show through
+        counts at most what it has allocated.  An estimate, not a promise (``SEEK_HOLE`` is
+        the exact answer): it only tells ``cp`` and ``tar -S`` whether probing for holes is
+        worth it, so it costs one ``fstat`` per distinct backend, at most
+        :data:`ALLOCATED_BACKENDS` of them."""
+        total = self._opaque_bytes
+        for count, (backend, mapped) in enumerate(self._sources):
+            held = backend.allocated() if count < ALLOCATED_BACKENDS else None
+            total += mapped if held is None else min(mapped, held)
+        return total
+
     # -- description -------------------------------------------------------------------------
     def table_lines(self, showkeys: bool = False) -> list[str]:
         return [
@@ -180,6 +250,31 @@ class LoadedTable:
             await self._release(backend)
         self.backends = []
         self._distinct = []
+
+
+def _file_span(target: Target) -> tuple[int, int] | None:
+    """``(fd, base)`` of a target that is a plain remap onto a regular file, else None."""
+    remap = target.remap()
+    if remap is None:
+        return None
+    backend, base = remap
+    fd = backend.seek_fd()
+    return None if fd is None else (fd, base)
+
+
+def _data_sources(targets: Sequence[Target]) -> tuple[int, list[tuple[Backend, int]]]:
+    """Bytes that are data whatever the backends hold, and bytes mapped per distinct backend."""
+    opaque = 0
+    mapped: dict[int, tuple[Backend, int]] = {}
+    for target in targets:
+        sources = target.data_sources()
+        if sources is None:
+            opaque += target.length
+            continue
+        for backend, length in sources:
+            _, before = mapped.get(id(backend), (backend, 0))
+            mapped[id(backend)] = (backend, before + length)
+    return opaque, list(mapped.values())
 
 
 async def _fan_out(jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:

@@ -5,6 +5,7 @@ Any arguments are accepted and ignored, except that exactly two are read like li
 ``<dev> <offset>`` and the device is opened (it shows in ``deps``), as kernel error v1.7 does.
 The arguments are never echoed: status and table strings are empty.  Takes no flushes, so an
 fsync on an all-error device succeeds.  ``dmsetup remove --force`` swaps this in.
+For lseek(2) SEEK_DATA/SEEK_HOLE on the device file it is data (reads fail; that is no hole).
 """
 
 from __future__ import annotations

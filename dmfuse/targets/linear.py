@@ -7,6 +7,11 @@ Table:   ``<start> <length> linear <dev> <offset>``
 Mapping: byte ``o`` of the target is byte ``offset*512 + o`` of ``dev``.
 Status:  empty.   Table: ``<dev> <offset>`` (a block device prints as MAJOR:MINOR).
 Flush, discard and write-zeroes pass down.  No messages.
+
+Differences from the kernel: lseek(2) SEEK_DATA/SEEK_HOLE on the device file pass down too: a
+hole of a sparse backing file (asked with lseek in a worker thread) or of a lower dmfuse device
+is a hole of this target; a block device is all data.  In the device file's ``st_blocks`` the
+target counts at most what its backing file has allocated.
 """
 
 from __future__ import annotations
@@ -50,6 +55,18 @@ class Linear(Target):
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         await self.dev.write_zeroes(self.base + offset, length)
+
+    def remap(self) -> tuple[Backend, int]:
+        return self.dev, self.base
+
+    def data_sources(self) -> list[tuple[Backend, int]]:
+        return [(self.dev, self.length)]
+
+    async def seek_data(self, offset: int) -> int:
+        return await self.dev.seek_data(self.base + offset, self.base + self.length) - self.base
+
+    async def seek_hole(self, offset: int) -> int:
+        return await self.dev.seek_hole(self.base + offset, self.base + self.length) - self.base
 
     def table(self, showkeys: bool = False) -> str:
         return f"{self.dev.display} {self.offset_sectors}"

@@ -10,6 +10,13 @@ Status:  ``<num_stripes> <dev>... 1 <health>``, one ``A`` (alive) or ``D`` (had 
 Table:   ``<num_stripes> <chunk_size> <dev> <offset> ...``.
 Flush goes to every stripe; discard and write-zeroes are mapped per stripe (one contiguous
 range on each device, like the kernel's ``stripe_map_range``).
+
+Differences from the kernel: lseek(2) SEEK_DATA/SEEK_HOLE on the device file see the stripes'
+holes (sparse backing files, lower dmfuse devices).  Each stripe's part of the target is one
+contiguous range of its device, so a seek asks each stripe once, from where the offset falls on
+it, and maps the nearest answer back: ``num_stripes`` questions per seek, however many chunks
+lie between the offset and the answer.  In the device file's ``st_blocks`` each stripe counts
+at most what its device has allocated.
 """
 
 from __future__ import annotations
@@ -115,6 +122,40 @@ class Striped(Target):
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         await self._per_stripe(offset, length, zeroes=True)
+
+    def data_sources(self) -> list[tuple[Backend, int]]:
+        per_stripe = self.length // len(self.stripes)
+        return [(stripe.dev, per_stripe) for stripe in self.stripes]
+
+    def _unmap(self, index: int, where: int) -> int:
+        """Target offset of byte ``where`` of stripe ``index``'s part (inverse of ``_map``)."""
+        row, within = divmod(where, self.chunk)
+        return (row * len(self.stripes) + index) * self.chunk + within
+
+    async def _seek(self, offset: int, hole: bool) -> int:
+        # The first hit in target order is the nearest of each stripe's first hit, mapped back.
+        per_stripe = self.length // len(self.stripes)
+        best = self.length
+        for index, stripe in enumerate(self.stripes):
+            begin = self._range_on(index, offset)
+            if begin >= per_stripe:
+                continue
+            base = stripe.base
+            if hole:
+                found = await stripe.dev.seek_hole(base + begin, base + per_stripe) - base
+            else:
+                found = await stripe.dev.seek_data(base + begin, base + per_stripe) - base
+            if found < per_stripe:
+                best = min(best, self._unmap(index, found))
+                if best == offset:
+                    break  # nothing comes before the offset itself
+        return best
+
+    async def seek_data(self, offset: int) -> int:
+        return await self._seek(offset, hole=False)
+
+    async def seek_hole(self, offset: int) -> int:
+        return await self._seek(offset, hole=True)
 
     def status(self) -> str:
         devs = " ".join(s.dev.display for s in self.stripes)

@@ -80,16 +80,40 @@ def test_fallocate_punch_and_zero_range(mnt: Mount) -> None:
 
 
 def test_seek_data_and_hole(mnt: Mount) -> None:
-    mnt.image("a.img", MiB)
-    mnt.table("d", "0 2048 linear a.img 0")
+    # As lseek(2) on a regular file: the table's holes (here a sparse backing file's and a
+    # zero target's) are holes, the end of the file counts as one, ENXIO at or past the end
+    # and when no data follows.
+    a = mnt.image("a.img", MiB)
+    with open(a, "r+b") as fh:
+        fh.seek(256 * 1024)
+        fh.write(pattern(0, 64 * 1024))
+    mnt.table("d", "0 2048 linear a.img 0\n2048 2048 zero\n4096 8 linear a.img 512\n")
     mnt.mount()
+    size = 4104 * 512
     fd = os.open(mnt.dev("d"), os.O_RDONLY)
     try:
-        assert os.lseek(fd, 4096, os.SEEK_DATA) == 4096
-        assert os.lseek(fd, 4096, os.SEEK_HOLE) == MiB
+        assert os.lseek(fd, 0, os.SEEK_DATA) == 256 * 1024
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 0
+        assert os.lseek(fd, 300 * 1024, os.SEEK_DATA) == 300 * 1024
+        assert os.lseek(fd, 300 * 1024, os.SEEK_HOLE) == 320 * 1024
+        assert os.lseek(fd, 320 * 1024, os.SEEK_DATA) == 2 * MiB  # over the zero target
+        assert os.lseek(fd, 2 * MiB + 1000, os.SEEK_HOLE) == size  # EOF is a hole
+        assert os.lseek(fd, 2 * MiB + 1000, os.SEEK_DATA) == 2 * MiB + 1000
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 2 * MiB + 1000  # the position moved
+        for offset, whence in ((size, os.SEEK_DATA), (size, os.SEEK_HOLE), (-1, os.SEEK_DATA)):
+            with pytest.raises(OSError) as exc:
+                os.lseek(fd, offset, whence)
+            assert exc.value.errno == errno.ENXIO
+        assert os.pread(fd, 256 * 1024, 0) == bytes(256 * 1024)  # the holes read as zeros
+    finally:
+        os.close(fd)
+    mnt.cli("create", "z", "--table", "0 2048 zero")
+    fd = os.open(mnt.dev("z"), os.O_RDONLY)
+    try:
         with pytest.raises(OSError) as exc:
-            os.lseek(fd, MiB, os.SEEK_DATA)
+            os.lseek(fd, 0, os.SEEK_DATA)  # only holes: no data before the end
         assert exc.value.errno == errno.ENXIO
+        assert os.lseek(fd, 4096, os.SEEK_HOLE) == 4096
     finally:
         os.close(fd)
 
