@@ -11,6 +11,13 @@ visible to ``stat`` at once; the inode is also invalidated on resize for good me
 ``fsync`` is a dm flush; ``flush`` (close) is not.  ``fallocate`` PUNCH_HOLE|KEEP_SIZE is a
 discard that must leave zeros, ZERO_RANGE is write-zeroes; both need the pyfuse3 patch in
 ``patches/``.
+
+A synchronous write (``O_DSYNC``/``O_SYNC`` in the write's flags: ``pwritev2`` with
+``RWF_DSYNC``/``RWF_SYNC``, or a descriptor opened so) is done as the kernel's block device file
+does it: the write, as a FUA write (REQ_FUA) when the descriptor is ``O_DIRECT``, then a dm flush
+(``generic_write_sync`` -> ``blkdev_fsync``).  On a ``direct_io`` file the kernel sends no fsync
+after such a write, so the per-write flags (pyfuse3 patch 0003, ``enable_write_flags``) are
+the only sign of it.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA = 3
 SEEK_HOLE = 4
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
-_SYNC_FLAGS = os.O_SYNC | os.O_DSYNC
+_O_DSYNC = os.O_DSYNC  # also set in O_SYNC (__O_SYNC | O_DSYNC)
+_O_DIRECT = os.O_DIRECT
 
 
 def _fuse_error(exc: BaseException) -> pyfuse3.FUSEError:
@@ -93,6 +101,7 @@ class DeviceFiles(pyfuse3.Operations):
     """The mount's directory.  Also the manager's listener for name and size changes."""
 
     enable_writeback_cache = False
+    enable_write_flags = True  # write() gets each write's open flags (pyfuse3 patch 0003)
 
     def __init__(self, manager: Manager) -> None:
         super().__init__()
@@ -104,7 +113,6 @@ class DeviceFiles(pyfuse3.Operations):
         self._inode_of: dict[int, int] = {}  # id(device) -> inode
         self._next_inode = pyfuse3.ROOT_INODE + 1
         self._handles: dict[int, Device] = {}
-        self._sync_handles: set[int] = set()
         self._next_fh = 1
         self.mounted = False
 
@@ -228,14 +236,11 @@ class DeviceFiles(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = device
-        if flags & _SYNC_FLAGS:
-            self._sync_handles.add(fh)
         device.open_count += 1
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False, nonseekable=False)
 
     @_guarded
     async def release(self, fh: int) -> None:
-        self._sync_handles.discard(fh)
         device = self._handles.pop(fh, None)
         if device is None:
             return
@@ -257,15 +262,20 @@ class DeviceFiles(pyfuse3.Operations):
         except Exception as exc:
             raise _fuse_error(exc) from None
 
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: int, off: int, buf: bytes, flags: int = 0) -> int:
         try:
-            device = self._handles[fh]
-            written = await device.write(off, memoryview(buf))
-            if fh in self._sync_handles:
-                await device.flush()  # O_SYNC/O_DSYNC: FUSE sends no fsync, so flush here
-            return written
+            if flags & _O_DSYNC:
+                return await self._sync_write(self._handles[fh], off, memoryview(buf), flags)
+            return await self._handles[fh].write(off, memoryview(buf))
         except Exception as exc:
             raise _fuse_error(exc) from None
+
+    async def _sync_write(self, device: Device, off: int, data: memoryview, flags: int) -> int:
+        """O_DSYNC/O_SYNC, as on a block device: blkdev_direct_write makes an O_DIRECT write
+        REQ_FUA, and generic_write_sync flushes after it, O_DIRECT or not."""
+        written = await device.write(off, data, fua=bool(flags & _O_DIRECT))
+        await device.flush()
+        return written
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         try:

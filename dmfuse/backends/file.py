@@ -2,8 +2,9 @@
 
 The calls are made inline on the trio thread: for data in the page cache a ``preadv`` costs a
 few microseconds, far less than a hop to a worker thread (measured: ``trio.to_thread`` per
-request made a passthrough slower).  Punching uses ``fallocate(2)`` through libc because Python's
-``os`` only has ``posix_fallocate``.
+request made a passthrough slower).  A FUA write (``pwritev`` with ``RWF_DSYNC``) waits for the
+disk, so it runs in a worker thread under :data:`BLOCKING`.  Punching uses ``fallocate(2)``
+through libc because Python's ``os`` only has ``posix_fallocate``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import fcntl
 import os
 import stat
 import struct
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
 
 from dmfuse.backends.base import Backend, write_zero_buffers
 from dmfuse.errors import IOFailure
@@ -25,6 +30,19 @@ FALLOC_FL_ZERO_RANGE = 0x10
 BLKGETSIZE64 = 0x80081272
 BLKDISCARD = 0x1277
 BLKZEROOUT = 0x127F
+
+# Worker threads for blocking calls, shared by every backend of the process: enough for the
+# distinct backing files of a flush to sync at once, bounded so a storm cannot spawn hundreds.
+BLOCKING = trio.CapacityLimiter(16)
+
+_T = TypeVar("_T")
+
+
+async def blocking(call: Callable[..., _T], *args: object) -> _T:
+    """Run a blocking system call in a worker thread (waits for it even if cancelled: a
+    half-done fsync or open cannot be abandoned safely)."""
+    return await trio.to_thread.run_sync(call, *args, limiter=BLOCKING)
+
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -76,6 +94,17 @@ class FileBackend(Backend):
         done = os.pwritev(self.fd, [data], offset)
         while done < want:
             done += os.pwritev(self.fd, [data[done:]], offset + done)
+
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        # RWF_DSYNC makes this write durable (with what reading it back needs), which is what
+        # FUA asks: not every dirty page of the file, as an fdatasync after it would.
+        await blocking(self._write_dsync, offset, data)
+
+    def _write_dsync(self, offset: int, data: memoryview) -> None:
+        want = len(data)
+        done = os.pwritev(self.fd, [data], offset, os.RWF_DSYNC)
+        while done < want:
+            done += os.pwritev(self.fd, [data[done:]], offset + done, os.RWF_DSYNC)
 
     async def flush(self) -> None:
         os.fsync(self.fd)
