@@ -5,6 +5,11 @@ few microseconds, far less than a hop to a worker thread (measured: ``trio.to_th
 request made a passthrough slower).  A FUA write (``pwritev`` with ``RWF_DSYNC``) waits for the
 disk, so it runs in a worker thread under :data:`BLOCKING`.  Punching uses ``fallocate(2)``
 through libc because Python's ``os`` only has ``posix_fallocate``.
+
+A flush with nothing written since a completed sync skips the fsync: the flush that follows
+a FUA write (an ``O_DIRECT|O_DSYNC`` write on a device file is a FUA write and then a flush,
+as on a block device) would otherwise sync the disk a second time for nothing (measured
+here: 4k O_DIRECT|O_DSYNC writes at QD1 fell from 4.3k to 2.2k IOPS with both syncs).
 """
 
 from __future__ import annotations
@@ -71,6 +76,11 @@ class FileBackend(Backend):
         else:
             self.display = display
         self.writable = writable
+        # Writes counted against completed syncs (see the module docstring).  It starts out
+        # unsynced: an earlier table's writes to the same file may not be durable yet.
+        self._written = 1
+        self._synced = 0
+        self._untracked = False  # file_fd() was handed out: writes bypass us, always sync
 
     def size(self) -> int:
         if self.is_block:
@@ -90,6 +100,7 @@ class FileBackend(Backend):
             done += got
 
     async def write(self, offset: int, data: memoryview) -> None:
+        self._written += 1
         want = len(data)
         done = os.pwritev(self.fd, [data], offset)
         while done < want:
@@ -98,7 +109,11 @@ class FileBackend(Backend):
     async def write_fua(self, offset: int, data: memoryview) -> None:
         # RWF_DSYNC makes this write durable (with what reading it back needs), which is what
         # FUA asks: not every dirty page of the file, as an fdatasync after it would.
-        await blocking(self._write_dsync, offset, data)
+        try:
+            await blocking(self._write_dsync, offset, data)
+        except BaseException:
+            self._written += 1  # maybe partly written, not synced
+            raise
 
     def _write_dsync(self, offset: int, data: memoryview) -> None:
         want = len(data)
@@ -107,9 +122,14 @@ class FileBackend(Backend):
             done += os.pwritev(self.fd, [data[done:]], offset + done, os.RWF_DSYNC)
 
     async def flush(self) -> None:
+        written = self._written
+        if written == self._synced and not self._untracked:
+            return  # everything written is on the disk already (a FUA write, a sync)
         os.fsync(self.fd)
+        self._synced = max(self._synced, written)
 
     async def discard(self, offset: int, length: int) -> None:
+        self._written += 1
         if self.is_block:
             fcntl.ioctl(self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
             return
@@ -121,6 +141,7 @@ class FileBackend(Backend):
             await write_zero_buffers(self.write, offset, length)
 
     async def write_zeroes(self, offset: int, length: int) -> None:
+        self._written += 1
         try:
             if self.is_block:
                 fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
@@ -132,6 +153,7 @@ class FileBackend(Backend):
             await write_zero_buffers(self.write, offset, length)
 
     def file_fd(self) -> int:
+        self._untracked = True
         return self.fd
 
     async def close(self) -> None:

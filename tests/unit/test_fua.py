@@ -174,3 +174,47 @@ async def test_flakey_corrupt_flags_can_select_fua_writes(make_file: Callable[..
     await m.get("g").write(0, memoryview(b"\x02" * 512), fua=True)  # dropped like any write
     with open(a, "rb") as fh:
         assert fh.read(1) == b"\x01"
+
+
+async def test_a_flush_after_only_fua_writes_does_not_sync_again(
+    make_file: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What an O_DIRECT|O_DSYNC write on the device file does: a FUA write, then a flush.
+    a = make_file("a", MiB)
+    m = Manager()
+    await m.create("d", f"0 2048 linear {a} 0")
+    dev = m.get("d")
+    sys = Syscalls(monkeypatch, [a])
+    await dev.flush()
+    assert sys.take() == [("fsync", "a", 0)]  # the first flush syncs: nothing is known yet
+    await dev.flush()
+    assert sys.take() == []  # nothing written since a completed sync
+    await dev.write(0, memoryview(pattern(0, 4096, 1)), fua=True)
+    await dev.flush()
+    assert sys.take() == [("pwritev", "a", 0)]  # RWF_DSYNC made it durable: one sync in all
+    await dev.write(4096, memoryview(pattern(0, 4096, 2)))
+    await dev.write(8192, memoryview(pattern(0, 4096, 3)), fua=True)
+    await dev.flush()
+    assert sys.take() == [("pwritev", "a", -1), ("pwritev", "a", 8192), ("fsync", "a", 0)]
+    await dev.discard(0, 4096)
+    await dev.flush()
+    assert sys.take() == [("fsync", "a", 0)]  # a punched hole is a change to sync too
+    await dev.discard(0, 4096, zero_fill=True)
+    await dev.flush()
+    assert sys.take() == [("fsync", "a", 0)]
+    await m.remove("d")
+
+
+async def test_a_backend_written_from_c_always_syncs(
+    make_file: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # crypt writes through the backend's fd from C, past the count: every flush must sync
+    a = make_file("a", MiB)
+    m = Manager()
+    key = bytes(range(32)).hex()
+    await m.create("c", f"0 2048 crypt aes-xts-plain64 {key} 0 {a} 0")
+    sys = Syscalls(monkeypatch, [a])
+    await m.get("c").flush()
+    await m.get("c").flush()
+    assert sys.take() == [("fsync", "a", 0), ("fsync", "a", 0)]
+    await m.remove("c")
