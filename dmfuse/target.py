@@ -15,6 +15,13 @@ SEEK_DATA/SEEK_HOLE on the device file, which the kernel's dm has no notion of. 
 "data" only costs reading zeros.  Targets that know better (zero, linear, striped) override them
 with a bounded amount of work per call.
 
+A write that must be durable when it returns (the kernel's REQ_FUA: an ``O_DIRECT`` write
+with ``RWF_DSYNC``/``O_DSYNC`` on the device file, or a FUA write from a device stacked on top)
+arrives as ``write_fua`` instead of ``write``.  The default writes, then flushes every distinct
+backend the target sits on; a target that knows where the data went passes the FUA down
+instead (``Backend.write_fua``, as the kernel's targets keep REQ_FUA on the bio they remap),
+and one that records writes (log-writes) records it as FUA.
+
 ``status`` is the kernel's STATUSTYPE_INFO string, ``table`` its STATUSTYPE_TABLE string (which
 must feed back into ``load`` unchanged).
 """
@@ -170,6 +177,14 @@ class Target(abc.ABC):
 
     async def write(self, offset: int, data: memoryview) -> None:
         raise IOFailure(f"{self.name}: write not supported")
+
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        """A FUA write: durable on return.  By default ``write``, then a flush of each distinct
+        backend in ``devices()`` (the target's own ``flush`` is not called: it may do more than
+        make data durable, e.g. log a FLUSH)."""
+        await self.write(offset, data)
+        for backend in {id(b): b for b in self.devices()}.values():
+            await backend.flush()
 
     async def flush(self, flushed: Flushed) -> None:
         for backend in self.devices():

@@ -15,6 +15,9 @@ PY="$VENV/bin/python"
 CACHE=${DMFUSE_CACHE:-$REPO/.cache}
 VERSION=3.5.0
 SDIST_SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
+# What the patch series adds (0001: fallocate/lseek, 0003: write flags), checked after install.
+PATCH_CHECK="import pyfuse3; O = pyfuse3.Operations
+assert hasattr(O, 'fallocate') and hasattr(O, 'lseek') and hasattr(O, 'enable_write_flags')"
 
 die() { echo "build-pyfuse3: $*" >&2; exit 1; }
 
@@ -43,7 +46,7 @@ abi=$("$PY" -c 'import sys; print(sys.implementation.cache_tag)')  # e.g. cpytho
 patch_hash=$(cat "${PATCHES[@]}" | sha256sum | cut -c1-16)
 stamp="$VENV/.pyfuse3-patched-$patch_hash"
 if [ -e "$stamp" ] \
-    && "$PY" -c "import pyfuse3; assert hasattr(pyfuse3.Operations, 'fallocate')" 2>/dev/null; then
+    && "$PY" -c "$PATCH_CHECK" 2>/dev/null; then
   exit 0
 fi
 
@@ -83,7 +86,7 @@ fi
 pip_q install -q --force-reinstall --no-deps "${wheels[0]}" \
   || die "installing ${wheels[0]} into $VENV failed"
 pip_q install -q 'trio>=0.25' || die "installing trio (pyfuse3's dependency) failed"
-"$PY" -c "import pyfuse3; assert hasattr(pyfuse3.Operations, 'fallocate')" \
+"$PY" -c "$PATCH_CHECK" \
   || die "pyfuse3 in $VENV does not import or lacks the patch"
 rm -f "$VENV"/.pyfuse3-patched-*
 touch "$stamp"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything dmfuse needs on a fresh Debian machine, idempotently:
 #   - Debian packages (FUSE 3, build tools for pyfuse3, fio, filesystem tools, qemu-storage-daemon)
-#   - a virtualenv in .venv with pyfuse3 built from its pinned sdist plus our fallocate/lseek patch
+#   - a virtualenv in .venv with pyfuse3 built from its pinned sdist plus our patch series (patches/)
 #   - dmfuse itself (editable) with its test tools
 # Usage: scripts/setup.sh        (then use .venv/bin/dmfuse, .venv/bin/pytest)
 set -euo pipefail
@@ -29,6 +29,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip 'setuptools>=78' wheel 2>&1 | grep -v '^WARNING: Location' || true
 "$REPO/scripts/build-pyfuse3.sh" "$VENV"
 "$VENV/bin/python" -m pip install -q -e "$REPO[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-"$VENV/bin/python" -c "import pyfuse3, dmfuse._openssl; assert hasattr(pyfuse3.Operations, 'fallocate')" \
-  || { echo "setup: pyfuse3 lacks the fallocate patch, or dmfuse._openssl did not build" >&2; exit 1; }
+"$VENV/bin/python" -c "import pyfuse3, dmfuse._openssl; O = pyfuse3.Operations
+assert hasattr(O, 'fallocate') and hasattr(O, 'enable_write_flags')" \
+  || { echo "setup: pyfuse3 lacks our patches (patches/), or dmfuse._openssl did not build" >&2; exit 1; }
 echo "setup: ready ($VENV)"

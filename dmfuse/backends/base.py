@@ -30,6 +30,13 @@ class Backend(abc.ABC):
     async def write(self, offset: int, data: memoryview) -> None:
         """Write all of ``data`` at ``offset``."""
 
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        """Write all of ``data`` at ``offset`` and return only once it is durable (the kernel's
+        REQ_FUA).  By default a write followed by a flush, as the block layer does for a
+        device without native FUA."""
+        await self.write(offset, data)
+        await self.flush()
+
     @abc.abstractmethod
     async def flush(self, datasync: bool = False) -> None:
         """Make completed writes durable (``datasync``: data and what reading it back needs,

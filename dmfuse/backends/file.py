@@ -3,7 +3,8 @@
 Reads and writes are made inline on the trio thread: for data in the page cache a ``preadv``
 costs a few microseconds, far less than a hop to a worker thread (measured: ``trio.to_thread``
 per request made a passthrough slower).  Everything that may block for long — opening,
-``fsync``/``fdatasync``, ``fallocate``, the ``BLKDISCARD``/``BLKZEROOUT`` ioctls, closing — runs
+``fsync``/``fdatasync``, a FUA write (``pwritev`` with ``RWF_DSYNC``, which
+waits for the disk), ``fallocate``, the ``BLKDISCARD``/``BLKZEROOUT`` ioctls, closing — runs
 in a worker thread under :data:`BLOCKING`, so one slow disk (a flush of seconds on a backing
 file that sits on a slow device) holds up only the requests that wait for it, never the mount.
 Punching uses ``fallocate(2)`` through libc because Python's ``os`` only has
@@ -13,6 +14,11 @@ Punching uses ``fallocate(2)`` through libc because Python's ``os`` only has
 (walking extent maps can block on metadata I/O, so in a worker thread); a block device has no
 holes.  The fd's file position is never used for I/O (everything is positioned), so the seek
 moving it is harmless.
+
+A flush with nothing written since a completed sync skips the fsync: the flush that follows
+a FUA write (an ``O_DIRECT|O_DSYNC`` write on a device file is a FUA write and then a flush,
+as on a block device) would otherwise sync the disk a second time for nothing (measured
+here: 4k O_DIRECT|O_DSYNC writes at QD1 fell from 4.3k to 2.2k IOPS with both syncs).
 """
 
 from __future__ import annotations
@@ -118,6 +124,11 @@ class FileBackend(Backend):
         else:
             self.display = display
         self.writable = writable
+        # Writes counted against completed syncs (see the module docstring).  It starts out
+        # unsynced: an earlier table's writes to the same file may not be durable yet.
+        self._written = 1
+        self._synced = 0
+        self._untracked = False  # file_fd() was handed out: writes bypass us, always sync
 
     @classmethod
     async def open(cls, path: str, display: str, *, writable: bool) -> FileBackend:
@@ -147,15 +158,36 @@ class FileBackend(Backend):
             done += got
 
     async def write(self, offset: int, data: memoryview) -> None:
+        self._written += 1
         want = len(data)
         done = os.pwritev(self.fd, [data], offset)
         while done < want:
             done += os.pwritev(self.fd, [data[done:]], offset + done)
 
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        # RWF_DSYNC makes this write durable (with what reading it back needs), which is what
+        # FUA asks: not every dirty page of the file, as an fdatasync after it would.
+        try:
+            await blocking(self._write_dsync, offset, data)
+        except BaseException:
+            self._written += 1  # maybe partly written, not synced
+            raise
+
+    def _write_dsync(self, offset: int, data: memoryview) -> None:
+        want = len(data)
+        done = os.pwritev(self.fd, [data], offset, os.RWF_DSYNC)
+        while done < want:
+            done += os.pwritev(self.fd, [data[done:]], offset + done, os.RWF_DSYNC)
+
     async def flush(self, datasync: bool = False) -> None:
+        written = self._written
+        if written == self._synced and not self._untracked:
+            return  # everything written is on the disk already (a FUA write, a sync)
         await blocking(os.fdatasync if datasync else os.fsync, self.fd)
+        self._synced = max(self._synced, written)
 
     async def discard(self, offset: int, length: int) -> None:
+        self._written += 1
         if self.is_block:
             await blocking(fcntl.ioctl, self.fd, BLKDISCARD, struct.pack("QQ", offset, length))
             return
@@ -169,6 +201,7 @@ class FileBackend(Backend):
             await write_zero_buffers(self.write, offset, length)
 
     async def write_zeroes(self, offset: int, length: int) -> None:
+        self._written += 1
         try:
             if self.is_block:
                 await blocking(fcntl.ioctl, self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
@@ -198,6 +231,7 @@ class FileBackend(Backend):
         return await blocking(functools.partial(seek_in_file, self.fd, offset, end, hole=True))
 
     def file_fd(self) -> int:
+        self._untracked = True
         return self.fd
 
     async def close(self) -> None:

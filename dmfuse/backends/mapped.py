@@ -40,6 +40,9 @@ class MappedBackend(Backend):
     async def write(self, offset: int, data: memoryview) -> None:
         await self.device.write(offset, data, exact=True)
 
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        await self.device.write(offset, data, exact=True, fua=True)  # REQ_FUA passes down
+
     async def flush(self, datasync: bool = False) -> None:
         await self.device.flush(datasync=datasync)
 

@@ -143,8 +143,11 @@ class Device:
         finally:
             self._done()
 
-    async def write(self, offset: int, data: memoryview, *, exact: bool = False) -> int:
-        """Write ``data``; past the end it is cut short, at the end it is ENOSPC (a disk)."""
+    async def write(
+        self, offset: int, data: memoryview, *, exact: bool = False, fua: bool = False
+    ) -> int:
+        """Write ``data``; past the end it is cut short, at the end it is ENOSPC (a disk).
+        ``fua``: a FUA write (REQ_FUA), durable when this returns."""
         live = await self._admit()
         try:
             if live.readonly:
@@ -157,21 +160,23 @@ class Device:
                     raise DmError(f"{self.name}: no space left on device", errno.ENOSPC)
                 data = data[: end - offset]
             if live.block > 1:
-                await self._write_blocks(live, offset, data)
+                await self._write_blocks(live, offset, data, fua)
             else:
-                await live.write(offset, data)
+                await live.write(offset, data, fua)
             return len(data)
         finally:
             self._done()
 
-    async def _write_blocks(self, live: LoadedTable, offset: int, data: memoryview) -> None:
+    async def _write_blocks(
+        self, live: LoadedTable, offset: int, data: memoryview, fua: bool = False
+    ) -> None:
         """Write to a table with a block size: whole blocks only, partial ones merged."""
         block = live.block
         start = offset - offset % block
         stop = -(-(offset + len(data)) // block) * block
         async with self._range_locks.hold(start, stop):
             if start == offset and stop == offset + len(data):
-                await live.write(offset, data)
+                await live.write(offset, data, fua)
                 return
             merged = bytearray(stop - start)
             view = memoryview(merged)
@@ -180,7 +185,7 @@ class Device:
             if stop != offset + len(data) and (stop - block >= start + block or start == offset):
                 await live.read(stop - block, view[-block:])
             view[offset - start : offset - start + len(data)] = data
-            await live.write(start, view)
+            await live.write(start, view, fua)
 
     async def flush(self, *, datasync: bool = False) -> None:
         live = await self._admit()

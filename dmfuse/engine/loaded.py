@@ -91,15 +91,23 @@ class LoadedTable:
             [partial(targets[i].read, rel, buf[at : at + n]) for i, rel, n, at in pieces]
         )
 
-    async def write(self, offset: int, data: memoryview) -> None:
+    async def write(self, offset: int, data: memoryview, fua: bool = False) -> None:
+        """Write ``data``; with ``fua`` every piece is a FUA write (each target's
+        ``write_fua``), as dm clones REQ_FUA onto every bio it splits off."""
         pieces = self.pieces(offset, len(data))
         if len(pieces) == 1:
             index, rel, _, _ = pieces[0]
-            await self.targets[index].write(rel, data)
+            if fua:
+                await self.targets[index].write_fua(rel, data)
+            else:
+                await self.targets[index].write(rel, data)
             return
         targets = self.targets
         await _fan_out(
-            [partial(targets[i].write, rel, data[at : at + n]) for i, rel, n, at in pieces]
+            [
+                partial(targets[i].write_fua if fua else targets[i].write, rel, data[at : at + n])
+                for i, rel, n, at in pieces
+            ]
         )
 
     async def flush(self, *, suspend: bool = False, datasync: bool = False) -> None:

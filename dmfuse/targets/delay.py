@@ -112,6 +112,11 @@ class Delay(Target):
         await self._hold(klass, _WRITE)
         await klass.dev.write(klass.base + offset, data)
 
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        klass = self.write_class  # a FUA write is a write: delayed as one
+        await self._hold(klass, _WRITE)
+        await klass.dev.write_fua(klass.base + offset, data)
+
     async def flush(self, flushed: Flushed) -> None:
         klass = self.flush_class
         await self._hold(klass, _FLUSH)

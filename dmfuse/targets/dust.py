@@ -114,6 +114,10 @@ class Dust(Target):
         self._check_write(offset)
         await self.dev.write(self.base + offset, data)
 
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        self._check_write(offset)
+        await self.dev.write_fua(self.base + offset, data)
+
     async def flush(self, flushed: Flushed) -> None:
         if not flushed.suspend:  # dmfuse's own flush at suspend is no kernel flush bio
             self._check_write(0)

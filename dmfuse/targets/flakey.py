@@ -28,11 +28,12 @@ Table:   ``<dev> <offset> <up> <down> <count> [error_reads] [drop_writes|error_w
 No messages.
 
 Differences from the kernel: the ``<flags>`` mask is matched against a request op of 0 for a
-read and 1 (REQ_OP_WRITE) for a write with no other flag bits (FUSE requests carry no
-REQ_META/REQ_FUA...), so 0 matches everything, 1 matches writes only and other masks match
-nothing.  Corruption positions count from the start of each piece of a FUSE request (cut at
-target ends), not of a kernel bio.  Numbers refuse a sign or trailing text; like the kernel's
-``%u`` a number wider than 32 bits keeps its low 32 bits.
+read, 1 (REQ_OP_WRITE) for a write and 1|REQ_FUA (0x20001) for a FUA write, with no other flag
+bits (FUSE requests carry no REQ_META/REQ_SYNC...), so 0 matches everything, 1 matches writes
+only, 131072 (REQ_FUA) or 131073 FUA writes only, and other masks match nothing.  Corruption
+positions count from the start of each piece of a FUSE request (cut at target ends), not of a
+kernel bio.  Numbers refuse a sign or trailing text; like the kernel's ``%u`` a number wider
+than 32 bits keeps its low 32 bits.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from dmfuse.target import DeviceOpener, Flushed, Target, check_area, register
 PROBABILITY_BASE = 1_000_000_000
 _UINT_MAX = 2**32 - 1
 _REQ_OP_READ, _REQ_OP_WRITE = 0, 1
+_REQ_FUA = 1 << 17  # __REQ_FUA in Linux 6.12's blk_types.h
 
 
 @attrs.define
@@ -266,18 +268,35 @@ class Flakey(Target):
             raise IOFailure("flakey: write while down")
         return True
 
+    def _down_write(self, data: memoryview, op: int) -> memoryview | None:
+        """A write while down: None to drop it (raises for error_writes), else what to write
+        (a corrupted copy where asked; the caller's buffer stays as it was)."""
+        if not self._write_allowed():
+            return None
+        f = self.features
+        fixed = bool(f.corrupt_byte) and f.corrupt_write and self._flags_match(op)
+        randomly = self._random_hit(f.random_write)
+        if fixed or randomly:
+            copy = bytearray(data)
+            self._corrupt(copy, fixed, randomly)
+            return memoryview(copy)
+        return data
+
     async def write(self, offset: int, data: memoryview) -> None:
         if self.is_down():
-            if not self._write_allowed():
+            written = self._down_write(data, _REQ_OP_WRITE)
+            if written is None:
                 return
-            f = self.features
-            fixed = bool(f.corrupt_byte) and f.corrupt_write and self._flags_match(_REQ_OP_WRITE)
-            randomly = self._random_hit(f.random_write)
-            if fixed or randomly:
-                copy = bytearray(data)  # the caller's buffer stays as it was
-                self._corrupt(copy, fixed, randomly)
-                data = memoryview(copy)
+            data = written
         await self.dev.write(self.base + offset, data)
+
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        if self.is_down():
+            written = self._down_write(data, _REQ_OP_WRITE | _REQ_FUA)
+            if written is None:
+                return
+            data = written
+        await self.dev.write_fua(self.base + offset, data)
 
     async def flush(self, flushed: Flushed) -> None:
         # dmfuse's own flush at suspend is no kernel flush bio: never dropped or failed.

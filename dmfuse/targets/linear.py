@@ -6,7 +6,7 @@ Table:   ``<start> <length> linear <dev> <offset>``
   ``offset``  start of the mapped area on ``dev``, in sectors
 Mapping: byte ``o`` of the target is byte ``offset*512 + o`` of ``dev``.
 Status:  empty.   Table: ``<dev> <offset>`` (a block device prints as MAJOR:MINOR).
-Flush, discard and write-zeroes pass down.  No messages.
+Flush, FUA, discard and write-zeroes pass down.  No messages.
 
 Differences from the kernel: lseek(2) SEEK_DATA/SEEK_HOLE on the device file pass down too: a
 hole of a sparse backing file (asked with lseek in a worker thread) or of a lower dmfuse device
@@ -49,6 +49,9 @@ class Linear(Target):
 
     async def write(self, offset: int, data: memoryview) -> None:
         await self.dev.write(self.base + offset, data)
+
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        await self.dev.write_fua(self.base + offset, data)
 
     async def discard(self, offset: int, length: int) -> None:
         await self.dev.discard(self.base + offset, length)

@@ -15,6 +15,11 @@ Message: ``mark <name>`` (case-insensitive ``mark``, exactly 2 words): queue a M
 What is logged, when (the kernel's power-fail model, so a replay never shows more than a
 crash could have left):
 * a completed write or discard goes on an *unflushed* list, not into the log;
+* a FUA write (REQ_FUA: an ``O_DIRECT`` write with ``RWF_DSYNC``/``RWF_SYNC`` or through an
+  ``O_DSYNC``/``O_SYNC`` descriptor, or a FUA write from a device stacked on this one) is
+  written to ``dev`` as FUA and logged at once with the FUA flag, ahead of older unflushed
+  writes; the flush that follows a synchronous write on the device file (as on a block device)
+  then logs those;
 * a flush takes the unflushed list as it stands when the flush arrives, flushes ``dev``, then
   logs those entries (in completion order) followed by a FLUSH entry;
 * a mark is logged at once (ahead of unflushed writes), and rewrites the super block;
@@ -31,8 +36,11 @@ so I/O that reaches past the end of ``dev`` fails with EIO, as the block layer f
 (checked in the kernel VM with a line at 2048: same data and log bytes, same EIO).
 
 Checked against the kernel (tests/data/kernel, recorded in the kernel VM): for the same
-O_DIRECT writes, fsyncs, discard and marks the log is byte-for-byte the kernel's; ctr/message
-errors and status/table strings are the kernel's.
+O_DIRECT writes, fsyncs, discard and marks the log is byte-for-byte the kernel's, and so are the
+log, the device and the statuses for a mix of plain, ``RWF_DSYNC``, ``RWF_SYNC``, ``O_DSYNC``
+descriptor and buffered ``RWF_DSYNC`` writes with fdatasync (logwrites_fua_vm.sh: ``7 47`` after
+the first five writes, as the kernel); ctr/message errors and status/table strings are the
+kernel's.
 
 Differences from the kernel:
 * Request splitting: dmfuse logs one entry per FUSE request.  Device files are ``direct_io``, so
@@ -41,16 +49,15 @@ Differences from the kernel:
   stack).  Same sectors and data, cut at different places.  An unaligned write is logged as the
   whole sectors it rewrote (read-modify-write); on a kernel block device it would be refused
   (O_DIRECT) or go through the page cache (whole pages).
-* FUSE has no FUA.  A write through an ``O_SYNC``/``O_DSYNC`` file handle is followed by a
-  flush (dmfuse's FUSE layer flushes after every write on such a handle), so dmfuse logs the
-  plain write and then a FLUSH where the kernel logs a FUA entry (at once, ahead of older
-  unflushed writes) followed by O_DSYNC's FLUSH: the same data is durable at the same point.
-  The METADATA flag is never set (FUSE does not carry REQ_META).
+* A synchronous write bigger than the mount's ``max_write`` (1 MiB) reaches dmfuse as several
+  FUSE requests, each a FUA write followed by a flush, so the log has a FLUSH after every
+  1 MiB where the kernel has one FLUSH after the last piece.
+* The METADATA flag is never set (FUSE does not carry REQ_META).
 * Table/status print files as paths (the kernel prints MAJOR:MINOR), like every dmfuse target.
 * The log sector size is always 512 (the kernel uses ``dev``'s logical block size).
 * A write or flush that fails on ``dev`` is not logged (the kernel logs it anyway).
-* The log is written in order before the flush completes (the kernel writes it from a thread,
-  after completing the flush); so after an fsync returns, the log on disk shows it.
+* The log is written in order before the flush or FUA write completes (the kernel writes it from
+  a thread, after completing the bio); so after an fsync returns, the log on disk shows it.
 * dmfuse flushes backing files when it suspends a device; that flush is not logged (the kernel
   sends none then).
 """
@@ -120,6 +127,14 @@ class LogWrites(Target):
         await self.dev.write(at, data)
         entry = fmt.Entry(sector=at // SECTOR, nr_sectors=len(data) // SECTOR, flags=0)
         self.unflushed.append((entry, bytes(data)))
+
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        # log_writes_map passes REQ_FUA on to dev; normal_end_io queues a FUA entry for the
+        # log at once, ahead of the unflushed entries, which a later flush logs.
+        at = self.device_offset(self.dev, offset, len(data))
+        await self.dev.write_fua(at, data)
+        entry = fmt.Entry(sector=at // SECTOR, nr_sectors=len(data) // SECTOR, flags=fmt.FUA)
+        await self._log([(entry, bytes(data))])
 
     async def discard(self, offset: int, length: int) -> None:
         at = self.device_offset(self.dev, offset, length)

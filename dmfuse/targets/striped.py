@@ -99,6 +99,14 @@ class Striped(Target):
             stripe.errors += 1
             raise
 
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        stripe, where = self._map(offset)  # a piece never crosses a chunk: one stripe
+        try:
+            await stripe.dev.write_fua(where, data)
+        except (OSError, DmError):
+            stripe.errors += 1
+            raise
+
     def _range_on(self, index: int, offset: int) -> int:
         """Where ``offset`` falls on stripe ``index``'s device, rounded to that stripe's chunks."""
         chunk, within = divmod(offset, self.chunk)

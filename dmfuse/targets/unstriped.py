@@ -95,6 +95,9 @@ class Unstriped(Target):
     async def write(self, offset: int, data: memoryview) -> None:
         await self.dev.write(self._map(offset), data)
 
+    async def write_fua(self, offset: int, data: memoryview) -> None:
+        await self.dev.write_fua(self._map(offset), data)
+
     async def write_zeroes(self, offset: int, length: int) -> None:
         # No write-zeroes bios in the kernel target: the block layer writes zero pages, chunk
         # by chunk since each chunk lands elsewhere on the device.

@@ -1,13 +1,16 @@
 """A minimal pyfuse3 filesystem for tests/integration/test_pyfuse3_patch.py.
 
-Run as ``python _fallocate_fs.py MOUNTPOINT LOGFILE [--defaults]``. The root directory holds
-one regular file, ``file``, of 1 MiB kept in a bytearray. Every fallocate and lseek call the
-filesystem receives is appended to LOGFILE as one JSON line, and implemented: punch hole and
-zero range write zeros, punch hole also records a hole, and SEEK_DATA/SEEK_HOLE answer from
-that hole map (with the implicit hole at end of file).
+Run as ``python _fallocate_fs.py MOUNTPOINT LOGFILE [--defaults] [--direct-io]``. The root
+directory holds one regular file, ``file``, of 1 MiB kept in a bytearray. Every fallocate,
+lseek, write and fsync call the filesystem receives is appended to LOGFILE as one JSON line,
+and implemented: punch hole and zero range write zeros, punch hole also records a hole, and
+SEEK_DATA/SEEK_HOLE answer from that hole map (with the implicit hole at end of file).  It sets
+``enable_write_flags``, so every write is logged with its open flags.
 
-With ``--defaults`` the filesystem does not override ``fallocate`` or ``lseek``, so pyfuse3's
-default implementations (raising ENOSYS) answer and the kernel falls back.
+With ``--defaults`` the filesystem does not override ``fallocate``, ``lseek`` or ``fsync`` and
+does not set ``enable_write_flags``: pyfuse3's default implementations (raising ENOSYS) answer, the
+kernel falls back, and ``write`` is called with three arguments as before (logged without
+flags).  With ``--direct-io`` the file is opened with ``direct_io`` (no page cache).
 
 The process stays in the foreground and exits when the filesystem is unmounted.
 """
@@ -89,9 +92,10 @@ class Holes:
 class DefaultsFs(pyfuse3.Operations):
     """One 1 MiB file; fallocate and lseek are left to pyfuse3's defaults."""
 
-    def __init__(self, log_path: str) -> None:
+    def __init__(self, log_path: str, direct_io: bool = False) -> None:
         super().__init__()
         self.log_path = log_path
+        self.direct_io = direct_io
         self.data = initial_data()
         self.holes = Holes()
 
@@ -142,12 +146,16 @@ class DefaultsFs(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if inode != FILE_INODE:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return pyfuse3.FileInfo(fh=inode)
+        return pyfuse3.FileInfo(fh=inode, direct_io=self.direct_io)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return bytes(self.data[off : off + size])
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        self.log(op="write", offset=off, length=len(buf))
+        return self._store(off, buf)
+
+    def _store(self, off: int, buf: bytes) -> int:
         end = off + len(buf)
         if end > len(self.data):
             self.data.extend(bytes(end - len(self.data)))
@@ -157,7 +165,17 @@ class DefaultsFs(pyfuse3.Operations):
 
 
 class HandlersFs(DefaultsFs):
-    """The same file with fallocate and lseek implemented (and logged)."""
+    """The same file with fallocate and lseek implemented (and logged), and write flags."""
+
+    enable_write_flags = True
+
+    async def write(self, fh: int, off: int, buf: bytes, flags: int | None = None) -> int:
+        # None (never sent with enable_write_flags) shows a pyfuse3 that ignores the attribute
+        self.log(op="write", offset=off, length=len(buf), flags=-1 if flags is None else flags)
+        return self._store(off, buf)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self.log(op="fsync", datasync=int(datasync))
 
     async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         self.log(op="fallocate", fh=fh, mode=mode, offset=offset, length=length)
@@ -191,8 +209,9 @@ class HandlersFs(DefaultsFs):
 def main() -> None:
     args = sys.argv[1:]
     defaults = "--defaults" in args
-    mountpoint, log_path = (a for a in args if a != "--defaults")
-    ops = DefaultsFs(log_path) if defaults else HandlersFs(log_path)
+    direct_io = "--direct-io" in args
+    mountpoint, log_path = (a for a in args if not a.startswith("--"))
+    ops = (DefaultsFs if defaults else HandlersFs)(log_path, direct_io)
     options = set(pyfuse3.default_options)
     options.add("fsname=pyfuse3-patch-test")
     pyfuse3.init(ops, mountpoint, options)

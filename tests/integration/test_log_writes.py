@@ -1,6 +1,7 @@
 """log-writes on a real mount: the CLI, the log of FUSE requests compared with the kernel's log
-of the same I/O, crash-consistency replay of ext4 (e2fsck at every flush point), and, when the
-kernel VM is set up, a fresh kernel run compared with dmfuse."""
+of the same I/O (plain, flushed and FUA writes: RWF_DSYNC, RWF_SYNC, O_DSYNC descriptors),
+crash-consistency replay of ext4 (e2fsck at every flush point), and, when the kernel VM is set
+up, a fresh kernel run compared with dmfuse."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import pytest
 from dmfuse import logwrites_format as fmt
 from dmfuse import replay_log
 from tests.integration.harness import DMFUSE, Mount, run
-from tests.kernel_vm import KDM_DIR, KDM_VM
+from tests.kernel_vm import CACHE, KDM_DIR, KDM_VM, require_vm, run_recorded_script
 
 KERNEL = Path(__file__).parent.parent / "data" / "kernel"
 MiB = 1 << 20
 USED = 174 * 512  # super + the 11 entries of the "compare" sequence (173 log sectors)
+FUA_USED = 30 * 512  # super + the 5 entries of the "fua" sequence (before the VM's own marks)
+END_MARK = (0, 0, fmt.MARK, 17, b"dm-log-writes-end")
 
 
 def entries(log: str) -> list[tuple[int, int, int, int, bytes]]:
@@ -50,27 +53,53 @@ def dmfuse_log(mnt: Mount, which: str) -> str:
     return log
 
 
-# dmfuse's log for the "fua" sequence.  FUSE has no FUA, and an O_DIRECT|O_DSYNC write on a
-# direct_io FUSE file arrives as a plain write (the kernel's FUSE sends no fsync after it), so we
-# log 8, 16, 32, FLUSH where the kernel logs FUA(16), 8, FLUSH, 32, FLUSH: the same sectors and
-# data, without the FUA flag and the flush that O_DSYNC adds on a block device.
-DMFUSE_FUA = [
-    (8, 8, 0, 0, b""),
-    (16, 8, 0, 0, b""),
-    (0, 0, fmt.FLUSH, 0, b""),  # the O_DSYNC write is flushed at once (the kernel: FUA + FLUSH)
-    (32, 8, 0, 0, b""),
-    (0, 0, fmt.FLUSH, 0, b""),
-    (0, 0, fmt.MARK, 17, b"dm-log-writes-end"),
-]
+def kernel_file(name: str) -> bytes:
+    return gzip.decompress((KERNEL / name).read_bytes())
 
 
 def test_fuse_log_equals_reference_log(mnt: Mount, tmp_path: Path) -> None:
     mnt.mount()
     log = dmfuse_log(mnt, "compare")
-    kernel = gzip.decompress((KERNEL / "logwrites-compare.log.gz").read_bytes())
+    kernel = kernel_file("logwrites-compare.log.gz")
     assert Path(log).read_bytes()[:USED] == kernel[:USED]  # headers, sectors, marks and data
+    # An O_DIRECT|O_DSYNC write: a FUA write, logged at once ahead of the older plain write,
+    # then O_DSYNC's flush, as the kernel logs it (FUA(16), 8, FLUSH, 32, FLUSH).  The super
+    # block differs only because the VM added two marks after these entries.
     fua = dmfuse_log(mnt, "fua")
-    assert entries(fua) == DMFUSE_FUA
+    kernel_fua = kernel_file("logwrites-fua.log.gz")
+    assert Path(fua).read_bytes()[512:FUA_USED] == kernel_fua[512:FUA_USED]
+    (tmp_path / "kernel-fua.log").write_bytes(kernel_fua)
+    assert entries(fua) == [*entries(str(tmp_path / "kernel-fua.log"))[:5], END_MARK]
+
+
+def test_fua_mix_matches_the_kernel(mnt: Mount, tmp_path: Path) -> None:
+    """Plain and RWF_DSYNC writes (the kernel's status: 7 47), then an O_DSYNC descriptor,
+    RWF_SYNC, a buffered RWF_DSYNC write and fdatasync: dmfuse's statuses, log and device are
+    the kernel's (tests/data/kernel/logwrites_fua_vm.sh, recorded in the kernel VM)."""
+    mnt.mount()
+    dev = mnt.image("mix.dev", MiB)
+    log = mnt.image("mix.log", MiB)
+    mnt.cli("create", "lw", "--table", f"0 2048 log-writes {dev} {log}")
+    recorded = (KERNEL / "logwrites-fuamix-vm-output.txt").read_text()
+    run_ops(mnt, "fua-mix-a")
+    status = mnt.cli("status", "lw").stdout
+    assert status == "0 2048 log-writes 7 47\n" and f"$ dmsetup status lw\n{status}" in recorded
+    run_ops(mnt, "fua-mix-b")
+    status = mnt.cli("status", "lw").stdout
+    assert status == "0 2048 log-writes 15 95\n" and f"$ dmsetup status lw\n{status}" in recorded
+    mnt.cli("remove", "lw")
+    assert Path(log).read_bytes() == kernel_file("logwrites-fuamix.log.gz")  # every byte
+    assert Path(dev).read_bytes() == kernel_file("logwrites-fuamix.dev.gz")
+
+    # replay-log --check fua: the check runs at each of the four FUA entries
+    scratch = tmp_path / "scratch.img"
+    scratch.write_bytes(bytes(MiB))
+    calls = tmp_path / "calls"
+    fsck = f"echo fua >> {calls}"
+    rl = [*DMFUSE, "replay-log", "--log", log, "--replay", str(scratch)]
+    run(*rl, "--fsck", fsck, "--check", "fua")
+    assert calls.read_text().split() == ["fua"] * 4
+    assert run(*DMFUSE, "replay-log", "--log", log, "--find", "--next-fua").stdout == "0@10\n"
 
 
 def test_cli_status_table_and_messages(mnt: Mount) -> None:
@@ -189,24 +218,35 @@ def test_kernel_vm_log_matches_dmfuse(mnt: Mount, tmp_path: Path) -> None:
     assert "$ dmsetup status lw\n0 2048 log-writes 9 162\n" in out
     assert "0 2048 log-writes 254:0 254:16" in out
     kernel_compare = (work / "log1.img").read_bytes()
-    kernel_fua = entries(str(work / "log2.img"))
+    kernel_fua = (work / "log2.img").read_bytes()
 
     mnt.mount()
     ours = Path(dmfuse_log(mnt, "compare")).read_bytes()
     assert ours[:USED] == kernel_compare[:USED]
-    # FUA: the same writes, sectors and flushes; only the FUA flag and its place differ
-    ours_fua = entries(dmfuse_log(mnt, "fua"))
-    assert ours_fua == DMFUSE_FUA
-    assert kernel_fua[:5] == [
-        (16, 8, fmt.FUA, 0, b""),
-        (8, 8, 0, 0, b""),
-        (0, 0, fmt.FLUSH, 0, b""),
-        (32, 8, 0, 0, b""),
-        (0, 0, fmt.FLUSH, 0, b""),
-    ]
+    ours_fua = dmfuse_log(mnt, "fua")  # FUA(16), 8, FLUSH, 32, FLUSH, as the kernel
+    assert Path(ours_fua).read_bytes()[512:FUA_USED] == kernel_fua[512:FUA_USED]
+    assert entries(ours_fua) == [*entries(str(work / "log2.img"))[:5], END_MARK]
     # and the kernel's own log replays onto the kernel's device (discarded sectors aside)
     replayed = tmp_path / "replayed.img"
     replayed.write_bytes(bytes(MiB))
     assert replay_log.main(["--log", str(work / "log1.img"), "--replay", str(replayed)]) == 0
     mine, theirs = replayed.read_bytes(), (work / "data1.img").read_bytes()
     assert mine[: 272 * 512] == theirs[: 272 * 512] and mine[280 * 512 :] == theirs[280 * 512 :]
+
+
+@pytest.mark.kernel
+async def test_kernel_vm_fua_mix_recording_is_current() -> None:
+    """Rerun logwrites_fua_vm.sh in the kernel VM: the same output, log and device."""
+    require_vm()
+    returncode = await run_recorded_script(
+        "logwrites-fua-work",
+        KERNEL / "logwrites_fua_vm.sh",
+        [KERNEL / "logwrites_ops.py"],
+        {"data.img": MiB, "log.img": MiB},
+    )
+    work = CACHE / "logwrites-fua-work"
+    out = (work / "out.txt").read_text()
+    assert returncode == 0, out
+    assert out == (KERNEL / "logwrites-fuamix-vm-output.txt").read_text()
+    assert (work / "log.img").read_bytes() == kernel_file("logwrites-fuamix.log.gz")
+    assert (work / "data.img").read_bytes() == kernel_file("logwrites-fuamix.dev.gz")

@@ -1,9 +1,13 @@
-"""Our pyfuse3 patch (patches/pyfuse3-3.5.0-*fallocate-lseek.patch) on a real mount.
+"""Our pyfuse3 patches (patches/pyfuse3-3.5.0-0001-fallocate-lseek.patch, -0003-write-flags)
+on a real mount.
 
 A minimal pyfuse3 filesystem (tests/integration/_fallocate_fs.py) runs in a subprocess; it
-logs every fallocate and lseek call it receives. With the patch, ``fallocate -p``/``-z`` and
-SEEK_DATA/SEEK_HOLE reach Python; a filesystem that does not override the handlers gets
-pyfuse3's ENOSYS defaults, after which the kernel behaves as without the patch.
+logs every fallocate, lseek, write and fsync call it receives. With the patches,
+``fallocate -p``/``-z`` and SEEK_DATA/SEEK_HOLE reach Python, and so do the flags of every
+write (O_DSYNC/O_SYNC of ``pwritev2`` RWF_DSYNC/RWF_SYNC or of the file descriptor) when the
+filesystem sets ``enable_write_flags``; a filesystem that does not override the handlers gets
+pyfuse3's ENOSYS defaults, after which the kernel behaves as without the patch, and one that
+does not opt in to write flags has ``write`` called with three arguments, as before.
 """
 
 from __future__ import annotations
@@ -75,18 +79,25 @@ def stop(proc: subprocess.Popen[bytes], mnt: Path) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
 
 
+StartFs = Callable[..., FuseFs]
+
+
 @pytest.fixture
-def start_fs(tmp_path: Path) -> Iterator[Callable[[bool], FuseFs]]:
-    """Mount the helper filesystem (``defaults=True``: fallocate/lseek not overridden)."""
+def start_fs(tmp_path: Path) -> Iterator[StartFs]:
+    """Mount the helper filesystem (``defaults=True``: fallocate/lseek not overridden, no write
+    flags; ``direct_io=True``: the file is opened with ``direct_io``)."""
     running: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(defaults: bool) -> FuseFs:
-        fs = FuseFs(tmp_path / ("defaults" if defaults else "handlers"))
+    def start(defaults: bool, direct_io: bool = False) -> FuseFs:
+        name = ("defaults" if defaults else "handlers") + ("-direct" if direct_io else "")
+        fs = FuseFs(tmp_path / name)
         fs.mnt.mkdir(parents=True)
         stderr_path = fs.mnt.parent / "fs.stderr"
         cmd = [sys.executable, helper.__file__, str(fs.mnt), str(fs.log_path)]
         if defaults:
             cmd.append("--defaults")
+        if direct_io:
+            cmd.append("--direct-io")
         with open(stderr_path, "wb") as stderr:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=stderr)
         running.append((proc, fs.mnt))
@@ -133,7 +144,7 @@ def seek(path: str, offset: int, whence: int) -> int:
         os.close(fd)
 
 
-async def test_fallocate_and_lseek_reach_python(start_fs: Callable[[bool], FuseFs]) -> None:
+async def test_fallocate_and_lseek_reach_python(start_fs: StartFs) -> None:
     fs = start_fs(False)
     expected = bytearray(helper.initial_data())
     assert fs.read_all() == expected
@@ -145,7 +156,7 @@ async def test_fallocate_and_lseek_reach_python(start_fs: Callable[[bool], FuseF
     expected[4096 : 4096 + 8192] = bytes(8192)
     expected[65536 : 65536 + 1000] = bytes(1000)
 
-    calls = fs.calls()
+    calls = [c for c in fs.calls() if c["op"] == "fallocate"]  # fallocate(1) also fsyncs
     assert [(c["op"], c["mode"], c["offset"], c["length"]) for c in calls] == [
         ("fallocate", MODE_PUNCH_HOLE_KEEP_SIZE, 4096, 8192),
         ("fallocate", MODE_ZERO_RANGE, 65536, 1000),
@@ -190,7 +201,7 @@ async def test_fallocate_and_lseek_reach_python(start_fs: Callable[[bool], FuseF
     assert fs.read_all()[SIZE - 4096 :] == bytes(4096)
 
 
-async def test_defaults_keep_the_kernel_fallback(start_fs: Callable[[bool], FuseFs]) -> None:
+async def test_defaults_keep_the_kernel_fallback(start_fs: StartFs) -> None:
     fs = start_fs(True)
     original = bytes(helper.initial_data())
 
@@ -222,9 +233,67 @@ async def test_defaults_keep_the_kernel_fallback(start_fs: Callable[[bool], Fuse
 
 async def test_default_operations_raise_enosys() -> None:
     ops = pyfuse3.Operations()
+    assert ops.enable_write_flags is False
     with pytest.raises(pyfuse3.FUSEError) as exc:
         await ops.fallocate(0, MODE_PUNCH_HOLE_KEEP_SIZE, 0, 4096)
     assert exc.value.errno == errno.ENOSYS
     with pytest.raises(pyfuse3.FUSEError) as exc:
         await ops.lseek(0, 0, SEEK_DATA)
     assert exc.value.errno == errno.ENOSYS
+
+
+SYNC_BITS = os.O_SYNC | os.O_DSYNC
+
+
+def write_sequence(path: str) -> None:
+    """A plain write, RWF_DSYNC, RWF_SYNC, then writes through O_DSYNC and O_SYNC handles."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert os.pwritev(fd, [b"a" * 4096], 0) == 4096
+        assert os.pwritev(fd, [b"b" * 4096], 4096, os.RWF_DSYNC) == 4096
+        assert os.pwritev(fd, [b"c" * 4096], 8192, os.RWF_SYNC) == 4096
+    finally:
+        os.close(fd)
+    for at, flag in ((12288, os.O_DSYNC), (16384, os.O_SYNC)):
+        fd = os.open(path, os.O_WRONLY | flag)
+        try:
+            assert os.pwrite(fd, b"d" * 4096, at) == 4096
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("direct_io", [False, True], ids=["page-cache", "direct-io"])
+async def test_write_flags_reach_python(start_fs: StartFs, direct_io: bool) -> None:
+    fs = start_fs(False, direct_io)
+    write_sequence(fs.file)
+    writes = [c for c in fs.calls() if c["op"] == "write"]
+    assert -1 not in [c["flags"] for c in writes], "write() was called without its flags"
+    assert [(c["offset"], c["length"], c["flags"] & SYNC_BITS) for c in writes] == [
+        (0, 4096, 0),
+        (4096, 4096, os.O_DSYNC),
+        (8192, 4096, os.O_SYNC),  # O_SYNC is __O_SYNC | O_DSYNC
+        (12288, 4096, os.O_DSYNC),
+        (16384, 4096, os.O_SYNC),
+    ]
+    # the rest are the descriptor's own flags, as the kernel's fuse_write_flags() sends them
+    accmodes = [c["flags"] & os.O_ACCMODE for c in writes]
+    assert accmodes == [os.O_RDWR] * 3 + [os.O_WRONLY] * 2
+    fsyncs = [c["datasync"] for c in fs.calls() if c["op"] == "fsync"]
+    if direct_io:
+        # No page cache, no fsync: the flags are all the filesystem learns of a sync write.
+        assert fsyncs == []
+    else:
+        # Through the page cache the kernel follows each sync write with an fsync itself.
+        assert fsyncs == [1, 0, 1, 0]
+    data = fs.read_all()
+    assert data[:4096] == b"a" * 4096 and data[4096:8192] == b"b" * 4096
+    assert data[8192:12288] == b"c" * 4096 and data[12288:20480] == b"d" * 8192
+
+
+async def test_write_without_opt_in_is_called_as_before(start_fs: StartFs) -> None:
+    fs = start_fs(True, True)
+    write_sequence(fs.file)
+    assert [c for c in fs.calls() if c["op"] == "write"] == [
+        {"op": "write", "offset": at, "length": 4096} for at in range(0, 20480, 4096)
+    ]
+    assert fs.read_all()[12288:20480] == b"d" * 8192

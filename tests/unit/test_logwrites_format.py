@@ -126,9 +126,33 @@ KERNEL_FUA = [
     (0, 0, fmt.MARK, 479, b"L" * 479),
     (0, 0, fmt.MARK, 17, b"dm-log-writes-end"),
 ]
+# logwrites_ops.py "fua-mix-a" then "fua-mix-b" (logwrites_fua_vm.sh): a sync write on a block
+# device is the write (REQ_FUA if O_DIRECT), then generic_write_sync's flush.
+KERNEL_FUA_MIX = [
+    (16, 8, fmt.FUA, 0, b""),  # O_DIRECT + RWF_DSYNC: logged at once...
+    (8, 8, 0, 0, b""),
+    (0, 0, fmt.FLUSH, 0, b""),  # ...and the flush after it logs the older plain write
+    (48, 8, fmt.FUA, 0, b""),
+    (32, 8, 0, 0, b""),
+    (40, 8, 0, 0, b""),
+    (0, 0, fmt.FLUSH, 0, b""),  # status here: 7 47
+    (64, 8, fmt.FUA, 0, b""),  # O_DIRECT|O_DSYNC descriptor
+    (0, 0, fmt.FLUSH, 0, b""),
+    (72, 8, fmt.FUA, 0, b""),  # RWF_SYNC
+    (0, 0, fmt.FLUSH, 0, b""),
+    (80, 8, 0, 0, b""),  # buffered RWF_DSYNC: the page is written back (no FUA), then flushed
+    (0, 0, fmt.FLUSH, 0, b""),
+    (96, 16, 0, 0, b""),
+    (0, 0, fmt.FLUSH, 0, b""),  # fdatasync; status here: 15 95
+    (128, 8, 0, 0, b""),  # never flushed: logged at remove
+    (0, 0, fmt.MARK, 17, b"dm-log-writes-end"),
+]
 
 
-@pytest.mark.parametrize(("which", "expected"), [("compare", KERNEL_COMPARE), ("fua", KERNEL_FUA)])
+@pytest.mark.parametrize(
+    ("which", "expected"),
+    [("compare", KERNEL_COMPARE), ("fua", KERNEL_FUA), ("fuamix", KERNEL_FUA_MIX)],
+)
 def test_kernel_log_parses(tmp_path: Path, which: str, expected: list[object]) -> None:
     assert _entries(_unzip(f"logwrites-{which}.log.gz", tmp_path)) == expected
 
@@ -142,7 +166,7 @@ def _discarded(log: str) -> set[int]:
     }
 
 
-@pytest.mark.parametrize("which", ["compare", "fua"])
+@pytest.mark.parametrize("which", ["compare", "fua", "fuamix"])
 def test_kernel_log_replays_to_the_kernel_device(tmp_path: Path, which: str) -> None:
     log = _unzip(f"logwrites-{which}.log.gz", tmp_path)
     kernel_dev = Path(_unzip(f"logwrites-{which}.dev.gz", tmp_path)).read_bytes()
@@ -218,6 +242,25 @@ def test_fsck_runs_at_every_flush_and_stops_on_failure(
     dev.write_bytes(bytes(MiB))
     assert replay_log.main([*args[:-1], "4"]) == 0  # every 4 entries: after entries 3 and 7
     assert calls.read_text().split() == ["False", "True"]
+
+
+def test_fsck_runs_at_every_fua_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--check fua: the state a crash leaves right after each FUA write, whose data is there
+    while plain writes completed before it (logged after it) are not yet."""
+    log = _unzip("logwrites-fuamix.log.gz", tmp_path)
+    dev = tmp_path / "d.img"
+    dev.write_bytes(bytes(MiB))
+    calls = tmp_path / "calls"
+    probe = (
+        f"{sys.executable} -c \"d=open('{dev}','rb').read(); open('{calls}','a').write("
+        f"','.join(str(s) for s in (8, 16, 32, 48, 64, 72, 80) if d[s*512]) + chr(10))\""
+    )
+    args = ["--log", log, "--replay", str(dev), "--fsck", probe, "--check", "fua"]
+    assert replay_log.main(args) == 0
+    assert calls.read_text().split() == ["16", "8,16,48", "8,16,32,48,64", "8,16,32,48,64,72"]
+    failing = ["--log", log, "--replay", str(dev), "--fsck", "exit 1", "--check", "fua"]
+    assert replay_log.main(failing) == 1
+    assert "Fsck errored out on entry 0" in capsys.readouterr().err
 
 
 def test_fua_no_discard_start_entry_and_verbose(

@@ -2,12 +2,13 @@
 (against /dev/mapper/NAME) and on the host (against a dmfuse device file), so both logs record
 the same requests.
 
-    python3 logwrites_ops.py compare|fua DEVICE MARK_CMD...
+    python3 logwrites_ops.py compare|fua|fua-mix-a|fua-mix-b DEVICE MARK_CMD...
 
 ``MARK_CMD`` is the command that adds a mark (the mark name is appended), e.g.
 ``dmsetup message lw 0 mark`` or ``dmfuse -m MNT message lw 0 mark``.  Writes use O_DIRECT so
-each one is exactly one request; a discard is BLKDISCARD on a block device and a punch-hole on a
-dmfuse device file (both are one discard of the same range).
+each one is exactly one request (one buffered write in fua-mix-b, whose page is written back by
+its own RWF_DSYNC); a discard is BLKDISCARD on a block device and a punch-hole on a dmfuse
+device file (both are one discard of the same range).
 """
 
 from __future__ import annotations
@@ -41,18 +42,32 @@ class Ops:
         self.fd = os.open(device, os.O_RDWR | os.O_DIRECT)
         self.is_blk = stat.S_ISBLK(os.fstat(self.fd).st_mode)
 
-    def write(self, sector: int, nbytes: int, seed: int, dsync: bool = False) -> None:
+    def write(
+        self,
+        sector: int,
+        nbytes: int,
+        seed: int,
+        dsync: bool = False,
+        rwf: int = 0,
+        direct: bool = True,
+    ) -> None:
+        """``dsync``: through a descriptor opened O_DSYNC; ``rwf``: pwritev2 flags
+        (RWF_DSYNC, RWF_SYNC); ``direct=False``: through a descriptor without O_DIRECT."""
         buf = mmap.mmap(-1, nbytes)  # page aligned, as O_DIRECT wants
         buf.write(fill(sector, nbytes, seed))
         fd = self.fd
-        if dsync:  # O_DIRECT|O_DSYNC: a FUA write on a block device
-            fd = os.open(self.device, os.O_RDWR | os.O_DIRECT | os.O_DSYNC)
+        if dsync or not direct:  # O_DIRECT|O_DSYNC: a FUA write on a block device
+            flags = os.O_RDWR | (os.O_DIRECT if direct else 0) | (os.O_DSYNC if dsync else 0)
+            fd = os.open(self.device, flags)
         try:
-            assert os.pwritev(fd, [buf], sector * 512) == nbytes
+            assert os.pwritev(fd, [buf], sector * 512, rwf) == nbytes
         finally:
-            if dsync:
+            if fd != self.fd:
                 os.close(fd)
             buf.close()
+
+    def fdatasync(self) -> None:
+        os.fdatasync(self.fd)
 
     def flush(self) -> None:
         os.fsync(self.fd)
@@ -94,6 +109,29 @@ def fua(ops: Ops) -> None:
     ops.flush()
 
 
+def fua_mix_a(ops: Ops) -> None:
+    """Plain and RWF_DSYNC writes (O_DIRECT): each RWF_DSYNC write is a FUA write, logged at
+    once, and the flush after it (generic_write_sync) logs the plain writes before it."""
+    ops.write(8, 4096, 10)
+    ops.write(16, 4096, 11, rwf=os.RWF_DSYNC)
+    ops.write(32, 4096, 12)
+    ops.write(40, 4096, 13)
+    ops.write(48, 4096, 14, rwf=os.RWF_DSYNC)
+
+
+def fua_mix_b(ops: Ops) -> None:
+    """An O_DSYNC descriptor, RWF_SYNC, a buffered RWF_DSYNC write (no FUA: the page is
+    written back, then flushed), a plain write made durable by fdatasync, one left unflushed."""
+    ops.write(64, 4096, 15, dsync=True)
+    ops.write(72, 4096, 16, rwf=os.RWF_SYNC)
+    ops.write(80, 4096, 17, rwf=os.RWF_DSYNC, direct=False)
+    ops.write(96, 8192, 18)
+    ops.fdatasync()
+    ops.write(128, 4096, 19)  # logged only when the target is destroyed
+
+
+SEQUENCES = {"compare": compare, "fua": fua, "fua-mix-a": fua_mix_a, "fua-mix-b": fua_mix_b}
+
 if __name__ == "__main__":
     which, device, *cmd = sys.argv[1:]
-    {"compare": compare, "fua": fua}[which](Ops(device, cmd))
+    SEQUENCES[which](Ops(device, cmd))
