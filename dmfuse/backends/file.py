@@ -41,8 +41,10 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 class FileBackend(Backend):
     """A regular file or a block device opened by path."""
 
-    def __init__(self, path: str, display: str, *, writable: bool) -> None:
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+    cache = "writeback"  # the page cache policy (dmfuse.backends.direct)
+
+    def __init__(self, path: str, display: str, *, writable: bool, extra_flags: int = 0) -> None:
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | extra_flags
         self.path = path
         self.fd = os.open(path, flags)
         st = os.fstat(self.fd)
@@ -102,7 +104,7 @@ class FileBackend(Backend):
                 raise
             await write_zero_buffers(self.write, offset, length)
 
-    def file_fd(self) -> int:
+    def file_fd(self) -> int | None:
         return self.fd
 
     async def close(self) -> None:

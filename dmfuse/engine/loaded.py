@@ -45,6 +45,8 @@ class LoadedTable:
         # The table's I/O unit: block sizes are powers of two, so the largest covers them all.
         self.block = max((t.limits.block_size for t in targets), default=1)
         self._no_boundaries = [0] * len(targets)
+        # Reads into a buffer this aligned reach O_DIRECT backends without a bounce copy.
+        self.buffer_align = max((b.buffer_alignment() for b in backends), default=1)
         self._release = release
 
     # -- I/O ---------------------------------------------------------------------------------

@@ -1,0 +1,265 @@
+"""Backing files opened with ``O_DIRECT``: the ``cache=none`` policy.
+
+With ``dmfuse mount -o cache=none`` (or ``cache=none`` in a table file's ``# dmfuse:`` line)
+regular files and block devices are opened ``O_DIRECT``, so their data is not kept in the page
+cache a second time: whoever sits on the device file (a loop device, a filesystem, a guest)
+caches it already.  This is qemu's ``cache.direct=on`` and nbdkit's ``cache=none``.  The
+default, ``writeback``, opens them as before and lets the kernel cache.
+
+``O_DIRECT`` wants file offsets, lengths and buffer addresses aligned:
+
+* the unit is what ``statx(STATX_DIOALIGN)`` reports (Linux 6.1+ for files, 6.11+ for block
+  devices): ``dio_offset_align`` for offsets and lengths, ``dio_mem_align`` for addresses;
+* a block device that does not report it uses its logical block size (``BLKSSZGET``) for both;
+* a file that does not report it uses 4096 for both: every logical block size up to 4096
+  divides it, so it is always accepted, and the only price is a larger read-modify-write;
+* a file whose file system reports 0 (no direct I/O for this file) is refused at table load.
+
+A request that is aligned into an aligned buffer goes straight through.  Any other goes
+through a page-aligned bounce buffer (anonymous ``mmap``; a few are kept, not one per
+request): reads read the aligned range around the request and copy out; writes read the
+partial first and last units, copy the data in and write the aligned range.  That
+read-modify-write has no ``await`` inside, so no other request of this process can write the
+same unit in between (all backend I/O runs on the trio thread).  A write whose aligned range
+would reach past the end of a regular file (a file size that is not a multiple of the unit)
+goes through a second, buffered descriptor of the same file instead: an aligned write there
+would grow the file.  The kernel keeps the two descriptors coherent (direct reads write back
+dirty cached pages first, direct writes drop them).
+
+FUSE hands dmfuse a write's data as ``bytes``, never aligned, so every write from the device
+file is copied once into a bounce buffer; reads are aligned when the device reads into a
+buffer it allocated aligned (:func:`aligned_buffer`, used when a table's backends ask for it).
+``crypt`` over such a backend converts in memory and reads and writes through this class
+(:meth:`file_fd` is None), instead of doing its file I/O from C with unaligned buffers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import mmap
+import os
+import struct
+
+import attrs
+
+from dmfuse.backends.file import FileBackend
+from dmfuse.errors import IOFailure, TableError
+
+STATX_DIOALIGN = 0x2000
+AT_EMPTY_PATH = 0x1000
+BLKSSZGET = 0x1268
+FALLBACK_ALIGN = 4096
+_STATX_SIZE = 256
+_STATX_MASK_AT = 0  # struct statx: __u32 stx_mask
+_STATX_DIO_AT = 152  # __u32 stx_dio_mem_align, __u32 stx_dio_offset_align
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_statx = getattr(_libc, "statx", None)
+if _statx is not None:
+    _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+    _statx.restype = ctypes.c_int
+
+
+@attrs.frozen
+class DirectAlignment:
+    offset: int  # file offsets and lengths: multiples of this
+    memory: int  # buffer addresses: multiples of this
+
+
+def statx_dio_align(fd: int) -> tuple[int, int] | None:
+    """``(dio_mem_align, dio_offset_align)`` from ``statx``, or None if not reported."""
+    if _statx is None:
+        return None
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    if _statx(fd, b"", AT_EMPTY_PATH, STATX_DIOALIGN, buf) != 0:
+        return None
+    raw = buf.raw
+    (mask,) = struct.unpack_from("I", raw, _STATX_MASK_AT)
+    if not mask & STATX_DIOALIGN:
+        return None
+    mem, offset = struct.unpack_from("II", raw, _STATX_DIO_AT)
+    return mem, offset
+
+
+def dio_alignment(fd: int, is_block: bool, display: str) -> DirectAlignment:
+    """What ``O_DIRECT`` I/O on ``fd`` must be aligned to (see the module docstring)."""
+    reported = statx_dio_align(fd)
+    if reported is not None:
+        mem, offset = reported
+        if offset == 0:
+            raise TableError(f"cache=none: {display}: this file does not support direct I/O")
+        return DirectAlignment(offset=offset, memory=max(mem, 1))
+    if is_block:
+        raw = fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4)
+        size = max(int(struct.unpack("i", raw)[0]), 512)
+        return DirectAlignment(offset=size, memory=size)
+    return DirectAlignment(offset=FALLBACK_ALIGN, memory=FALLBACK_ALIGN)
+
+
+def buffer_address(buf: memoryview) -> int | None:
+    """The address of a writable buffer's first byte (None for a read-only one)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    except TypeError:
+        return None
+
+
+def aligned_buffer(size: int, align: int) -> memoryview:
+    """``size`` zeroed bytes starting at a multiple of ``align`` (a power of two)."""
+    raw = bytearray(size + align)
+    view = memoryview(raw)
+    address = buffer_address(view)
+    assert address is not None
+    skip = -address % align
+    return view[skip : skip + size]
+
+
+class BounceBuffers:
+    """Page-aligned scratch memory (anonymous ``mmap``), up to ``keep`` spares kept mapped."""
+
+    GRAIN = 64 << 10
+
+    def __init__(self, keep: int = 4, max_bytes: int = 4 << 20) -> None:
+        self.keep = keep
+        self.max_bytes = max_bytes
+        self._spare: list[mmap.mmap] = []
+
+    def take(self, size: int) -> mmap.mmap:
+        for i, area in enumerate(self._spare):
+            if len(area) >= size:
+                del self._spare[i]
+                return area
+        return mmap.mmap(-1, -(-size // self.GRAIN) * self.GRAIN)
+
+    def give(self, area: mmap.mmap) -> None:
+        """Take back an area from :meth:`take`; every view of it must be released."""
+        if len(self._spare) < self.keep and len(area) <= self.max_bytes:
+            self._spare.append(area)
+        else:
+            area.close()
+
+
+BOUNCE = BounceBuffers()
+
+
+class DirectFileBackend(FileBackend):
+    """A regular file or block device opened ``O_DIRECT``, with bounce buffers."""
+
+    cache = "none"
+
+    def __init__(self, path: str, display: str, *, writable: bool) -> None:
+        try:
+            super().__init__(path, display, writable=writable, extra_flags=os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # the file system has no O_DIRECT (open(2))
+                raise TableError(
+                    f"cache=none: {display}: the file system does not support direct I/O"
+                ) from None
+            raise
+        self._buffered: int | None = None
+        try:
+            self.align = dio_alignment(self.fd, self.is_block, self.display)
+            if writable and not self.is_block:
+                # Same open file, not the path again: the path may name another file by now.
+                self._buffered = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR | os.O_CLOEXEC)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self._offset_mask = self.align.offset - 1
+        self._memory_mask = self.align.memory - 1
+        self._size_seen = 0
+
+    def buffer_alignment(self) -> int:
+        return self.align.memory
+
+    def _aligned(self, offset: int, buf: memoryview) -> bool:
+        if (offset | len(buf)) & self._offset_mask:
+            return False
+        address = buffer_address(buf)
+        return address is not None and not address & self._memory_mask
+
+    async def read(self, offset: int, buf: memoryview) -> None:
+        if self._aligned(offset, buf):
+            await super().read(offset, buf)
+            return
+        start = offset & ~self._offset_mask
+        stop = -(-(offset + len(buf)) // self.align.offset) * self.align.offset
+        area = BOUNCE.take(stop - start)
+        try:
+            with memoryview(area) as bounce:
+                need = offset + len(buf) - start
+                got = self._pread_direct(bounce[: stop - start], start)
+                if got < need:
+                    raise IOFailure(
+                        f"{self.display}: read beyond end of device at byte {start + got}"
+                    )
+                buf[:] = bounce[offset - start : need]
+        finally:
+            BOUNCE.give(area)
+
+    def _pread_direct(self, view: memoryview, offset: int) -> int:
+        """Read aligned ``view`` at ``offset``; fewer bytes only at the end of the file."""
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], offset + done)
+            done += got
+            if got == 0 or done & self._offset_mask:  # EOF (a short direct read ends there)
+                break
+        return done
+
+    async def write(self, offset: int, data: memoryview) -> None:
+        if self._aligned(offset, data):
+            await super().write(offset, data)
+            return
+        unit = self.align.offset
+        start = offset & ~self._offset_mask
+        end = offset + len(data)
+        stop = -(-end // unit) * unit
+        if self._buffered is not None and stop > self._file_size(stop):
+            _pwrite_all(self._buffered, data, offset)  # the unaligned tail of the file
+            return
+        area = BOUNCE.take(stop - start)
+        try:
+            with memoryview(area) as bounce:
+                whole = bounce[: stop - start]
+                # No await from here to the write: the read-modify-write cannot interleave.
+                if start != offset:
+                    self._read_unit(whole[:unit], start)
+                if end != stop and (stop - unit >= start + unit or start == offset):
+                    self._read_unit(whole[-unit:], stop - unit)
+                whole[offset - start : end - start] = data
+                _pwrite_all(self.fd, whole, start)
+        finally:
+            BOUNCE.give(area)
+
+    def _read_unit(self, view: memoryview, offset: int) -> None:
+        got = self._pread_direct(view, offset)
+        if got < len(view):
+            view[got:] = bytes(len(view) - got)  # past the end of a block device: none there
+
+    def _file_size(self, wanted: int) -> int:
+        """The file's size, looked up again only when a write would reach past the last one
+        seen (the file may have grown since)."""
+        size = self._size_seen
+        if wanted > size:
+            size = os.fstat(self.fd).st_size
+            self._size_seen = size
+        return size
+
+    def file_fd(self) -> int | None:
+        return None  # crypt's C loops use unaligned buffers: it goes through read/write
+
+    async def close(self) -> None:
+        if self._buffered is not None:
+            os.close(self._buffered)
+            self._buffered = None
+        await super().close()
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwritev(fd, [data[done:]], offset + done)
