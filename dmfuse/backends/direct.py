@@ -150,7 +150,16 @@ class DirectFileBackend(FileBackend):
 
     cache = "none"
 
-    def __init__(self, path: str, display: str, *, writable: bool) -> None:
+    def __init__(
+        self,
+        path: str,
+        display: str,
+        *,
+        writable: bool,
+        alignment: DirectAlignment | None = None,
+    ) -> None:
+        """``alignment``: None to ask the kernel; a larger unit (a multiple of what the kernel
+        wants) is accepted too, which the tests use to exercise the 4096-byte fallback."""
         try:
             super().__init__(path, display, writable=writable, extra_flags=os.O_DIRECT)
         except OSError as exc:
@@ -161,7 +170,7 @@ class DirectFileBackend(FileBackend):
             raise
         self._buffered: int | None = None
         try:
-            self.align = dio_alignment(self.fd, self.is_block, self.display)
+            self.align = alignment or dio_alignment(self.fd, self.is_block, self.display)
             if writable and not self.is_block:
                 # Same open file, not the path again: the path may name another file by now.
                 self._buffered = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR | os.O_CLOEXEC)

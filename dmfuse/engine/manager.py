@@ -176,7 +176,7 @@ class Manager:
             check_name(name)
             check_uuid(uuid)
             if cache is not None:
-                check_cache_policy(cache, f"{name}:")
+                check_cache_policy(cache, "table header")
             if name in self.devices:
                 raise DeviceBusy(f"{name}: device already exists")
             if uuid and any(d.uuid == uuid for d in self.devices.values()):
