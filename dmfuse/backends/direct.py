@@ -22,8 +22,9 @@ partial first and last units, copy the data in and write the aligned range.  Tha
 read-modify-write has no ``await`` inside, so no other request of this process can write the
 same unit in between (all backend I/O runs on the trio thread).  A write whose aligned range
 would reach past the end of a regular file (a file size that is not a multiple of the unit)
-goes through a second, buffered descriptor of the same file instead: an aligned write there
-would grow the file.  The kernel keeps the two descriptors coherent (direct reads write back
+is written through the page cache instead, ``O_DIRECT`` switched off on the descriptor around
+that one ``pwrite`` (again no ``await`` in between): an aligned direct write there would grow
+the file.  The kernel keeps cached and direct I/O of a file coherent (direct reads write back
 dirty cached pages first, direct writes drop them).
 
 FUSE hands dmfuse a write's data as ``bytes``, never aligned, so every write from the device
@@ -168,12 +169,9 @@ class DirectFileBackend(FileBackend):
                     f"cache=none: {display}: the file system does not support direct I/O"
                 ) from None
             raise
-        self._buffered: int | None = None
         try:
             self.align = alignment or dio_alignment(self.fd, self.is_block, self.display)
-            if writable and not self.is_block:
-                # Same open file, not the path again: the path may name another file by now.
-                self._buffered = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR | os.O_CLOEXEC)
+            self._flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
         except BaseException:
             os.close(self.fd)
             raise
@@ -227,8 +225,8 @@ class DirectFileBackend(FileBackend):
         start = offset & ~self._offset_mask
         end = offset + len(data)
         stop = -(-end // unit) * unit
-        if self._buffered is not None and stop > self._file_size(stop):
-            _pwrite_all(self._buffered, data, offset)  # the unaligned tail of the file
+        if not self.is_block and stop > self._file_size(stop):
+            self._write_cached(offset, data)  # the unaligned tail of the file
             return
         area = BOUNCE.take(stop - start)
         try:
@@ -258,14 +256,15 @@ class DirectFileBackend(FileBackend):
             self._size_seen = size
         return size
 
+    def _write_cached(self, offset: int, data: memoryview) -> None:
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, self._flags & ~os.O_DIRECT)
+        try:
+            _pwrite_all(self.fd, data, offset)
+        finally:
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, self._flags)
+
     def file_fd(self) -> int | None:
         return None  # crypt's C loops use unaligned buffers: it goes through read/write
-
-    async def close(self) -> None:
-        if self._buffered is not None:
-            os.close(self._buffered)
-            self._buffered = None
-        await super().close()
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

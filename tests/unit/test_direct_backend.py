@@ -127,7 +127,8 @@ async def test_aligned_requests_go_straight_through(tmp_path: Path, bounces: lis
 
 async def test_unaligned_file_end_never_grows_the_file(tmp_path: Path) -> None:
     """A file size that is not a multiple of the unit: the last partial unit is written
-    through the buffered descriptor, since an aligned direct write would extend the file."""
+    through the page cache (O_DIRECT off for that write): an aligned direct write there
+    would extend the file."""
     path = tmp_path / "img"
     size = MiB + 512
     path.write_bytes(bytes(size))
@@ -135,6 +136,7 @@ async def test_unaligned_file_end_never_grows_the_file(tmp_path: Path) -> None:
     try:
         await backend.write(size - 512, memoryview(b"\x11" * 512))
         await backend.write(size - 5000, memoryview(b"\x22" * 4000))
+        assert _fd_flags(backend.fd) & O_DIRECT_OCTAL  # switched back on after that write
         tail = bytearray(5000)
         await backend.read(size - 5000, memoryview(tail))  # direct read across the end
         assert tail == b"\x22" * 4000 + b"\x00" * 488 + b"\x11" * 512
