@@ -30,6 +30,16 @@ dirty cached pages first, direct writes drop them).
 FUSE hands dmfuse a write's data as ``bytes``, never aligned, so every write from the device
 file is copied once into a bounce buffer; reads are aligned when the device reads into a
 buffer it allocated aligned (:func:`aligned_buffer`, used when a table's backends ask for it).
+Measured on this backend over a tmpfs file (O_DIRECT there is a copy from memory, so only the
+CPU cost shows): a 1 MiB read costs 90 µs into an aligned buffer and 157 µs bounced, a 4 KiB
+read 4.7 µs and 6.9 µs; an aligned buffer costs ~1.5 µs more to allocate than a bytearray,
+so device reads always get one.
+
+The calls stay inline on the trio thread, as for the cached policy, although a direct read
+now waits for the disk: handing each call to a worker thread (``trio.to_thread``, 16 at a
+time, with unit range locks for the read-modify-writes) was measured slower on every fio cell
+on this 2-vCPU machine (4k random read QD16 ~2.5x fewer IOPS, 1M sequential QD1 0.7x): the
+disk answers in ~100 µs, less than the thread hops cost.
 ``crypt`` over such a backend converts in memory and reads and writes through this class
 (:meth:`file_fd` is None), instead of doing its file I/O from C with unaligned buffers.
 """
@@ -119,7 +129,8 @@ def aligned_buffer(size: int, align: int) -> memoryview:
 
 
 class BounceBuffers:
-    """Page-aligned scratch memory (anonymous ``mmap``), up to ``keep`` spares kept mapped."""
+    """Page-aligned scratch memory (anonymous ``mmap``), up to ``keep`` spares kept mapped.
+    For the trio thread only (take and give are not thread-safe)."""
 
     GRAIN = 64 << 10
 
