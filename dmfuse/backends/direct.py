@@ -55,7 +55,10 @@ import os
 import struct
 
 import attrs
+import trio
 
+from dmfuse import offload
+from dmfuse.backends.aio import AioContext, context
 from dmfuse.backends.file import FileBackend
 from dmfuse.errors import IOFailure, TableError
 
@@ -129,32 +132,51 @@ def aligned_buffer(size: int, align: int) -> memoryview:
 
 
 class BounceBuffers:
-    """Page-aligned scratch memory (anonymous ``mmap``), up to ``keep`` spares kept mapped.
+    """Page-aligned scratch memory (anonymous ``mmap``): up to ``keep`` spares of at most
+    ``max_bytes`` each and ``max_total`` together stay mapped (writes in flight hold one each).
     For the trio thread only (take and give are not thread-safe)."""
 
     GRAIN = 64 << 10
 
-    def __init__(self, keep: int = 4, max_bytes: int = 4 << 20) -> None:
+    def __init__(self, keep: int = 32, max_bytes: int = 4 << 20, max_total: int = 16 << 20) -> None:
         self.keep = keep
         self.max_bytes = max_bytes
+        self.max_total = max_total
         self._spare: list[mmap.mmap] = []
+        self._spare_bytes = 0
 
     def take(self, size: int) -> mmap.mmap:
         for i, area in enumerate(self._spare):
             if len(area) >= size:
                 del self._spare[i]
+                self._spare_bytes -= len(area)
                 return area
         return mmap.mmap(-1, -(-size // self.GRAIN) * self.GRAIN)
 
     def give(self, area: mmap.mmap) -> None:
         """Take back an area from :meth:`take`; every view of it must be released."""
-        if len(self._spare) < self.keep and len(area) <= self.max_bytes:
+        size = len(area)
+        if (
+            len(self._spare) < self.keep
+            and size <= self.max_bytes
+            and self._spare_bytes + size <= self.max_total
+        ):
             self._spare.append(area)
+            self._spare_bytes += size
         else:
             area.close()
 
 
 BOUNCE = BounceBuffers()
+
+
+def overlapped_aio() -> AioContext | None:
+    """The AIO context when a request overlaps others (AIO requests in flight, or FUSE
+    requests waiting to be received), else None: a request alone is done inline."""
+    aio = context()
+    if aio is not None and (aio.inflight or offload.requests_waiting()):
+        return aio
+    return None
 
 
 class DirectFileBackend(FileBackend):
@@ -189,6 +211,7 @@ class DirectFileBackend(FileBackend):
         self._offset_mask = self.align.offset - 1
         self._memory_mask = self.align.memory - 1
         self._size_seen = 0
+        self._writing: list[tuple[int, int, trio.Event]] = []  # AIO writes in flight
 
     def buffer_alignment(self) -> int:
         return self.align.memory
@@ -199,9 +222,25 @@ class DirectFileBackend(FileBackend):
         address = buffer_address(buf)
         return address is not None and not address & self._memory_mask
 
+    def _aligned_address(self, buf: memoryview) -> int | None:
+        address = buffer_address(buf)
+        return address if address is not None and not address & self._memory_mask else None
+
     async def read(self, offset: int, buf: memoryview) -> None:
+        aio = overlapped_aio() if not (offset | len(buf)) & self._offset_mask else None
+        address = self._aligned_address(buf) if aio is not None else None
+        if aio is None or address is None:
+            self._read_now(offset, buf)
+            return
+        got = await aio.pread(self.fd, address, len(buf), offset)  # `buf` lives till done
+        if got < len(buf):  # the end of the file: the rest inline, failing there
+            self._read_now(offset + got, buf[got:])
+
+    def _read_now(self, offset: int, buf: memoryview) -> None:
         if self._aligned(offset, buf):
-            await super().read(offset, buf)
+            got = self._pread_direct(buf, offset)
+            if got < len(buf):
+                raise IOFailure(f"{self.display}: read beyond end of device at byte {offset + got}")
             return
         start = offset & ~self._offset_mask
         stop = -(-(offset + len(buf)) // self.align.offset) * self.align.offset
@@ -229,8 +268,45 @@ class DirectFileBackend(FileBackend):
         return done
 
     async def write(self, offset: int, data: memoryview) -> None:
+        end = offset + len(data)
+        aio = overlapped_aio() if not (offset | len(data)) & self._offset_mask else None
+        if aio is None:
+            # A read-modify-write (or no AIO): first let in-flight writes of its units finish,
+            # then run it without an await, so that nothing else writes them meanwhile.
+            start = offset & ~self._offset_mask
+            stop = -(-end // self.align.offset) * self.align.offset
+            while True:
+                blocker = next((e for s, t, e in self._writing if s < stop and start < t), None)
+                if blocker is None:
+                    break
+                await blocker.wait()
+            self._write_now(offset, data)
+            return
+        entry = (offset, end, trio.Event())
+        self._writing.append(entry)
+        try:
+            address = self._aligned_address(data)
+            if address is not None:
+                done = await aio.pwrite(self.fd, address, len(data), offset)
+            else:  # FUSE's `bytes`: copied once into aligned memory
+                area = BOUNCE.take(len(data))
+                try:
+                    with memoryview(area) as bounce:
+                        bounce[: len(data)] = data
+                        address = buffer_address(bounce)
+                        assert address is not None
+                        done = await aio.pwrite(self.fd, address, len(data), offset)
+                finally:
+                    BOUNCE.give(area)
+            if done < len(data):  # short (a full disk): the rest inline, failing there
+                _pwrite_all(self.fd, data[done:], offset + done)
+        finally:
+            self._writing.remove(entry)
+            entry[2].set()
+
+    def _write_now(self, offset: int, data: memoryview) -> None:
         if self._aligned(offset, data):
-            await super().write(offset, data)
+            _pwrite_all(self.fd, data, offset)
             return
         unit = self.align.offset
         start = offset & ~self._offset_mask

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from dmfuse.backends import direct
 from dmfuse.backends.direct import (
@@ -59,8 +61,20 @@ def bounces(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield taken
 
 
+@pytest.fixture
+def always_aio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Aligned requests through AIO even alone (the daemon does so only when requests
+    overlap: FUSE requests waiting, or AIO in flight; tests have no FUSE probe)."""
+    monkeypatch.setattr(direct, "overlapped_aio", direct.context)
+
+
+@pytest.mark.parametrize("aio", [False, True])
 @pytest.mark.parametrize("unit", [None, 4096])
-async def test_byte_granular_io_matches_a_model(tmp_path: Path, unit: int | None) -> None:
+async def test_byte_granular_io_matches_a_model(
+    tmp_path: Path, unit: int | None, aio: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if aio:
+        monkeypatch.setattr(direct, "overlapped_aio", direct.context)
     path = tmp_path / "img"
     size = 8 * MiB
     seed = random.Random(7)
@@ -197,3 +211,96 @@ def test_bounce_buffers_are_page_aligned_reused_and_bounded() -> None:
     big = pool.take(2 * MiB)
     pool.give(big)
     assert big.closed  # above max_bytes: unmapped
+
+
+async def test_deep_queues_run_concurrently_through_aio(tmp_path: Path, always_aio: None) -> None:
+    """Aligned requests are submitted with io_submit and run side by side; mixed with
+    read-modify-writes, the data still matches a model."""
+    aio = direct.context()
+    if aio is None:
+        pytest.skip("no native AIO here")
+    path = tmp_path / "img"
+    size = 4 * MiB
+    model = bytearray(pattern_bytes(size))
+    path.write_bytes(model)
+    backend = _open(path, DirectAlignment(4096, 4096))
+    submitted = 0
+    pread, pwrite = aio.pread, aio.pwrite
+
+    async def counting_pread(*args: int) -> int:
+        nonlocal submitted
+        submitted += 1
+        return await pread(*args)
+
+    async def counting_pwrite(*args: int) -> int:
+        nonlocal submitted
+        submitted += 1
+        return await pwrite(*args)
+
+    aio.pread, aio.pwrite = counting_pread, counting_pwrite  # type: ignore[method-assign]
+    seed = random.Random(3)
+    reads: list[tuple[int, memoryview]] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            for k in range(64):  # disjoint 64 KiB slots: no two requests overlap
+                off = k * 65536 + (0 if k % 3 else seed.randrange(1, 4000))
+                n = 4096 * seed.randrange(1, 15) - (0 if k % 3 else 1)
+                if k % 2:
+                    data = seed.randbytes(n)
+                    model[off : off + n] = data
+                    nursery.start_soon(backend.write, off, memoryview(data))
+                else:
+                    buf = aligned_buffer(n, 4096)
+                    reads.append((off, buf))
+                    nursery.start_soon(backend.read, off, buf)
+        for off, buf in reads:
+            assert bytes(buf) == model[off : off + len(buf)], off
+    finally:
+        aio.pread, aio.pwrite = pread, pwrite  # type: ignore[method-assign]
+        await backend.close()
+    assert submitted >= 40  # the aligned two thirds went through AIO
+    assert path.read_bytes() == model
+
+
+async def test_read_modify_write_waits_for_inflight_writes_of_its_units(
+    tmp_path: Path, always_aio: None
+) -> None:
+    aio = direct.context()
+    if aio is None:
+        pytest.skip("no native AIO here")
+    path = tmp_path / "img"
+    path.write_bytes(bytes(MiB))
+    backend = _open(path, DirectAlignment(4096, 4096))
+    release = trio.Event()
+    pwrite = aio.pwrite
+
+    async def held_pwrite(*args: int) -> int:
+        await release.wait()  # the aligned write is "at the disk" until released
+        return await pwrite(*args)
+
+    aio.pwrite = held_pwrite  # type: ignore[method-assign]
+    done: list[str] = []
+
+    async def run(name: str, offset: int, data: bytes) -> None:
+        await backend.write(offset, memoryview(data))
+        done.append(name)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "aligned", 8192, b"\xaa" * 4096)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(run, "partial", 8192 + 10, b"\xbb" * 100)
+            nursery.start_soon(run, "elsewhere", 100, b"\xcc" * 100)  # other units: no wait
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == ["elsewhere"]  # the partial write waits for the aligned one
+            release.set()
+    finally:
+        aio.pwrite = pwrite  # type: ignore[method-assign]
+        await backend.close()
+    assert done == ["elsewhere", "aligned", "partial"]
+    unit = path.read_bytes()[8192 : 8192 + 4096]
+    assert unit == b"\xaa" * 10 + b"\xbb" * 100 + b"\xaa" * (4096 - 110)
+
+
+def pattern_bytes(size: int) -> bytes:
+    return bytes(i * 7 % 251 for i in range(size))
