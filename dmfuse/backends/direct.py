@@ -15,17 +15,33 @@ default, ``writeback``, opens them as before and lets the kernel cache.
   divides it, so it is always accepted, and the only price is a larger read-modify-write;
 * a file whose file system reports 0 (no direct I/O for this file) is refused at table load.
 
-A request that is aligned into an aligned buffer goes straight through.  Any other goes
-through a page-aligned bounce buffer (anonymous ``mmap``; a few are kept, not one per
-request): reads read the aligned range around the request and copy out; writes read the
-partial first and last units, copy the data in and write the aligned range.  That
-read-modify-write has no ``await`` inside, so no other request of this process can write the
-same unit in between (all backend I/O runs on the trio thread).  A write whose aligned range
-would reach past the end of a regular file (a file size that is not a multiple of the unit)
-is written through the page cache instead, ``O_DIRECT`` switched off on the descriptor around
-that one ``pwrite`` (again no ``await`` in between): an aligned direct write there would grow
-the file.  The kernel keeps cached and direct I/O of a file coherent (direct reads write back
-dirty cached pages first, direct writes drop them).
+Where requests run.  A direct read waits for the disk, so doing it inline on the trio thread
+(as the cached policy does) would run deep queues one request at a time, and handing each call
+to a worker thread (``trio.to_thread``, tried with 16 threads) was measured slower on every fio
+cell on this 2-vCPU machine (4k random read QD16 ~2.5x fewer IOPS): the disk answers in
+~50-100 µs, less than the thread hops cost.  So a request with aligned offset and length
+that overlaps others (AIO requests in flight, or FUSE requests waiting to be received: the
+probe of :mod:`dmfuse.offload`) is submitted with Linux native AIO (:mod:`dmfuse.backends.aio`)
+and the task waits while the trio thread serves others; a request alone runs inline, because
+an AIO completion reaches the task later than a blocking ``preadv`` returns (engine level, 4k
+QD1: 4k vs 10k IOPS).  Measured interleaved against inline-only through FUSE (fio on the
+device file, 256 MiB, dropped cache, 3 rounds, load 3-4 on 2 vCPUs): 1M sequential read QD16
+1.2-2.2x, 4k random write QD16 0.8-1.7x, 4k random read QD1 and QD16 unchanged within the
+noise.
+
+Alignment.  A request aligned into an aligned buffer goes straight through.  A write with
+aligned offset and length from an unaligned buffer is copied into a page-aligned bounce buffer
+(anonymous ``mmap``; a few are kept, not one per request) and written from there.  Anything
+else runs inline through a bounce buffer: reads read the aligned range around the request
+and copy out; writes read the partial first and last units, copy the data in and write the
+aligned range.  Such a read-modify-write first waits for AIO writes in flight on its units,
+then runs with no ``await`` inside, so no other request of this process writes those units in
+between.  A write whose aligned range would reach past the end of a regular file (a file
+size that is not a multiple of the unit) is written through the page cache instead,
+``O_DIRECT`` switched off on the descriptor around that one ``pwrite`` (submitted AIO keeps
+the flags it was submitted with): an aligned direct write there would grow the file.  The
+kernel keeps cached and direct I/O of a file coherent (direct reads write back dirty cached
+pages first, direct writes drop them).
 
 FUSE hands dmfuse a write's data as ``bytes``, never aligned, so every write from the device
 file is copied once into a bounce buffer; reads are aligned when the device reads into a
@@ -35,11 +51,6 @@ CPU cost shows): a 1 MiB read costs 90 µs into an aligned buffer and 157 µs bo
 read 4.7 µs and 6.9 µs; an aligned buffer costs ~1.5 µs more to allocate than a bytearray,
 so device reads always get one.
 
-The calls stay inline on the trio thread, as for the cached policy, although a direct read
-now waits for the disk: handing each call to a worker thread (``trio.to_thread``, 16 at a
-time, with unit range locks for the read-modify-writes) was measured slower on every fio cell
-on this 2-vCPU machine (4k random read QD16 ~2.5x fewer IOPS, 1M sequential QD1 0.7x): the
-disk answers in ~100 µs, less than the thread hops cost.
 ``crypt`` over such a backend converts in memory and reads and writes through this class
 (:meth:`file_fd` is None), instead of doing its file I/O from C with unaligned buffers.
 """
