@@ -11,7 +11,8 @@ as :mod:`dmfuse.offload` does for crypt's jobs, and qemu does with ``aio=native`
 
 Only the ``x86_64`` and ``aarch64`` system call numbers are known; elsewhere, or if
 ``io_setup`` fails (``/proc/sys/fs/aio-max-nr`` used up), :func:`context` returns None and
-callers do the I/O inline.
+callers do the I/O inline; so does ``DMFUSE_NO_AIO=1`` in the daemon's environment (for
+measuring one against the other).
 """
 
 from __future__ import annotations
