@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from dmfuse.control.protocol import pid_path, socket_path
 from tests.conftest import pattern
 from tests.integration.harness import DMFUSE, Mount, run
 from tests.unit.test_crypt import K64, xts_decrypt
+from tests.unit.test_verity import veritysetup_format
 
 MiB = 1 << 20
 O_DIRECT_OCTAL = 0o40000
@@ -264,3 +266,41 @@ def test_4k_sector_block_device(mnt: Mount, tmp_path: Path) -> None:
             assert fh.read() == model
     finally:
         run("losetup", "-d", loop, check=False)
+
+
+def test_verity_over_cache_none(mnt: Mount, tmp_path: Path) -> None:
+    """Read-only backends (data and hash tree) opened O_RDONLY|O_DIRECT: reads verify, at
+    byte offsets too, and a corrupted block fails its read."""
+    if shutil.which("veritysetup") is None:
+        pytest.skip("veritysetup not installed")
+    data = Path(uncached_image(mnt, "data.img", 2 * MiB, seed=21))
+    hash_path = mnt.tables / "hash.img"
+    root = veritysetup_format(data, hash_path, "--salt=0011")
+    for path in (data, hash_path):
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    mnt.table(
+        "v",
+        f"# dmfuse: readonly\n0 4096 verity 1 data.img hash.img 4096 4096 512 1 sha256 {root} 0011",
+    )
+    mnt.mount("-o", "cache=none")
+    expected = data.read_bytes()
+    os.posix_fadvise(fd := os.open(data, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    with open(mnt.dev("v"), "rb", buffering=0) as fh:
+        assert fh.read() == expected
+        fh.seek(4096 * 7 + 123)
+        assert fh.read(5000) == expected[4096 * 7 + 123 : 4096 * 7 + 5123]
+    assert all(f & O_DIRECT_OCTAL for f in open_flags(mnt, str(data)))
+    assert cached_pages(str(data)) == 0
+    with open(data, "r+b") as fh:  # corrupt block 9 behind the daemon's back
+        fh.seek(9 * 4096 + 5)
+        fh.write(b"\xff")
+    with open(mnt.dev("v"), "rb", buffering=0) as fh:
+        fh.seek(9 * 4096)
+        with pytest.raises(OSError):
+            fh.read(4096)
+        fh.seek(8 * 4096)
+        assert fh.read(4096) == expected[8 * 4096 : 9 * 4096]
