@@ -3,6 +3,7 @@
 # FUSE export, all on one backing image.  See bench/README.md.
 #
 #   PEERS="raw qsd dmfuse" BENCH_SIZE=1G BENCH_RUNTIME=15 bench/run.sh
+#   PEERS="raw qsd-direct dmfuse-direct" BENCH_CACHE=drop bench/run.sh   # bypass mode
 #
 # Everything it creates lives in bench/work/ (gitignored); the report goes to bench/RESULTS.md.
 set -euo pipefail
@@ -178,12 +179,15 @@ peer_up() {
     case "$peer" in
     raw|rawbuf)
         TARGET="$IMG" ;;
-    qsd)
+    qsd|qsd-direct)
         if ! command -v "$QSD" >/dev/null; then
             SKIP_REASON="$QSD not found (Debian: apt-get install qemu-system-common)"
             return 1
         fi
-        local mp="$MNT/qsd.img" pidfile="$BENCH_WORK/qsd.pid" extra=() exopt=""
+        # qsd-direct: the backing file opened O_DIRECT, with Linux native AIO
+        local cache="cache.direct=off"
+        [[ "$peer" == qsd-direct ]] && cache="cache.direct=on,aio=native"
+        local mp="$MNT/$peer.img" pidfile="$BENCH_WORK/$peer.pid" extra=() exopt=""
         mkdir -p "$MNT"
         if is_mounted "$mp"; then
             log "cleaning up a stale qsd export at $mp (interrupted earlier run?)"
@@ -197,18 +201,18 @@ peer_up() {
         QSD_PIDFILES+=("$pidfile"); QSD_MOUNTS+=("$mp")
         local rc=0
         "$QSD" "${extra[@]}" \
-            --blockdev "driver=file,node-name=prot,filename=$IMG,cache.direct=off" \
+            --blockdev "driver=file,node-name=prot,filename=$IMG,$cache" \
             --export "type=fuse,id=exp0,node-name=prot,mountpoint=$mp,writable=on$exopt" \
-            --pidfile "$pidfile" --daemonize 2>"$BENCH_WORK/qsd.log" || rc=$?
+            --pidfile "$pidfile" --daemonize 2>"$BENCH_WORK/$peer.log" || rc=$?
         if (( rc != 0 )); then
-            SKIP_REASON="$QSD failed (exit $rc): $(tr '\n' ' ' < "$BENCH_WORK/qsd.log")"
+            SKIP_REASON="$QSD failed (exit $rc): $(tr '\n' ' ' < "$BENCH_WORK/$peer.log")"
             return 1
         fi
         is_mounted "$mp" || { SKIP_REASON="qsd started but $mp is not mounted"; return 1; }
-        PEER_INFO[qsd]="$("$QSD" --version | sed -n 1p); iothread=$BENCH_QSD_IOTHREAD"
-        PEER_INFO[qsd]+="; mount: $(findmnt -rn -o OPTIONS --mountpoint "$mp")"
+        PEER_INFO[$peer]="$("$QSD" --version | sed -n 1p); $cache; iothread=$BENCH_QSD_IOTHREAD"
+        PEER_INFO[$peer]+="; mount: $(findmnt -rn -o OPTIONS --mountpoint "$mp")"
         TARGET="$mp" ;;
-    dmfuse)
+    dmfuse|dmfuse-direct)
         if [[ ! -x "$DMFUSE" ]]; then
             SKIP_REASON="$DMFUSE not found (pip install -e . in the venv, or set DMFUSE=)"
             return 1
@@ -217,7 +221,9 @@ peer_up() {
             SKIP_REASON="$DMFUSE --version fails: the CLI is not usable yet"
             return 1
         fi
-        local mp="$MNT/dmfuse" tables="$BENCH_WORK/dmfuse-tables" i out
+        # dmfuse-direct: the backing file opened O_DIRECT (mount -o cache=none)
+        local mp="$MNT/$peer" tables="$BENCH_WORK/$peer-tables" i out opts=()
+        [[ "$peer" == dmfuse-direct ]] && opts=(-o cache=none)
         mkdir -p "$mp" "$tables"
         if is_mounted "$mp"; then
             log "cleaning up a stale dmfuse mount at $mp (interrupted earlier run?)"
@@ -226,24 +232,24 @@ peer_up() {
         rm -f "$tables"/*.table
         printf '0 %d linear %s 0\n' "$SECTORS" "$IMG" > "$tables/lin.table"
         DM_MOUNTS+=("$mp")
-        if ! out="$("$DMFUSE" mount "$tables" "$mp" 2>&1)"; then
+        if ! out="$("$DMFUSE" mount "${opts[@]}" "$tables" "$mp" 2>&1)"; then
             SKIP_REASON="dmfuse mount failed: $(tr '\n' ' ' <<<"$out")"
             return 1
         fi
         for i in $(seq 100); do [[ -e "$mp/lin" ]] && break; sleep 0.1; done
         [[ -e "$mp/lin" ]] || { SKIP_REASON="dmfuse mounted but $mp/lin never appeared"; return 1; }
-        PEER_INFO[dmfuse]="$("$DMFUSE" --version 2>&1 | sed -n 1p)"
-        PEER_INFO[dmfuse]+="; mount: $(findmnt -rn -o OPTIONS --mountpoint "$mp")"
+        PEER_INFO[$peer]="$("$DMFUSE" --version 2>&1 | sed -n 1p)${opts[*]:+; ${opts[*]}}"
+        PEER_INFO[$peer]+="; mount: $(findmnt -rn -o OPTIONS --mountpoint "$mp")"
         TARGET="$mp/lin" ;;
     *)
-        die "unknown peer '$peer' (known: raw rawbuf qsd dmfuse)" ;;
+        die "unknown peer '$peer' (known: raw rawbuf qsd dmfuse qsd-direct dmfuse-direct)" ;;
     esac
 }
 
 peer_abort() {   # undo whatever a failed peer_up left behind
     case "$1" in
-    qsd) stop_qsd "$BENCH_WORK/qsd.pid" "$MNT/qsd.img" ;;
-    dmfuse) stop_dmfuse "$MNT/dmfuse" ;;
+    qsd|qsd-direct) stop_qsd "$BENCH_WORK/$1.pid" "$MNT/$1.img" ;;
+    dmfuse|dmfuse-direct) stop_dmfuse "$MNT/$1" ;;
     esac
 }
 

@@ -21,6 +21,7 @@ from dmfuse import __version__, output
 from dmfuse.control.client import find_socket, request
 from dmfuse.control.protocol import runtime_dir, socket_path
 from dmfuse.errors import DmError
+from dmfuse.mount_options import parse_mount_options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint_dir", metavar="mountpoint")
     m.add_argument("-f", "--foreground", action="store_true")
     m.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
-    m.add_argument("-o", dest="options", default="", help="mount options: allow_other")
+    m.add_argument(
+        "-o",
+        dest="options",
+        default="",
+        help="mount options: allow_other, cache=writeback|none (none: backing files O_DIRECT)",
+    )
     m.add_argument("--log", help="log file (background default: next to the control socket)")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     u = sub.add_parser("umount", help="unmount, flushing every device")
@@ -277,6 +283,7 @@ def _watch_merge(sock: str, args: argparse.Namespace) -> None:
 
 
 def _mount(args: argparse.Namespace) -> int:
+    parse_mount_options(args.options)  # a bad option fails here, before anything starts
     if args.foreground or args.debug:
         from dmfuse.main_daemon import run_foreground  # pyfuse3 is imported only to mount
 

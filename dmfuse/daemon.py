@@ -23,6 +23,7 @@ from dmfuse.control.server import ControlServer
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError, TableError
 from dmfuse.fuse import DeviceFiles, waiting_requests_probe
+from dmfuse.mount_options import DEFAULT_CACHE
 from dmfuse.tabledir import TableDir, bring_up_order
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,17 @@ log = logging.getLogger(__name__)
 
 class Daemon:
     def __init__(
-        self, tabledir: str, mountpoint: str, *, allow_other: bool = False, debug: bool = False
+        self,
+        tabledir: str,
+        mountpoint: str,
+        *,
+        allow_other: bool = False,
+        debug: bool = False,
+        cache: str = DEFAULT_CACHE,
     ) -> None:
         self.tables = TableDir(tabledir)
         self.mountpoint = os.path.realpath(mountpoint)
-        self.manager = Manager(mountpoint=self.mountpoint)
+        self.manager = Manager(mountpoint=self.mountpoint, cache=cache)
         self.files = DeviceFiles(self.manager)
         self.manager.listener = self.files
         self.allow_other = allow_other
@@ -53,6 +60,7 @@ class Daemon:
                         readonly=f.readonly,
                         uuid=f.uuid,
                         cwd=self.tables.path,
+                        cache=f.cache,
                     )
                 except DmError as exc:
                     raise TableError(f"{f.name}.table: {exc.message}") from None

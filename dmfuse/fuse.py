@@ -257,8 +257,8 @@ class DeviceFiles(pyfuse3.Operations):
 
     # read, write and fsync run per request: they catch inline rather than through @_guarded,
     # which would add a coroutine frame to every request.
-    # pyfuse3 replies from any buffer: a bytearray saves copying into bytes.
-    async def read(self, fh: int, off: int, size: int) -> bytearray:  # type: ignore[override]
+    # pyfuse3 replies from any buffer: a bytearray (or an aligned view) saves copying into bytes.
+    async def read(self, fh: int, off: int, size: int) -> bytearray | memoryview:  # type: ignore[override]
         try:
             return await self._handles[fh].read(off, size)
         except Exception as exc:

@@ -11,6 +11,7 @@ import trio
 
 from dmfuse.daemon import Daemon
 from dmfuse.errors import DmError
+from dmfuse.mount_options import parse_mount_options
 
 
 def run_foreground(args: argparse.Namespace) -> int:
@@ -32,14 +33,17 @@ def run_foreground(args: argparse.Namespace) -> int:
             os.close(ready_fd)
             ready_fd = None
 
-    options = {o for o in args.options.split(",") if o}
-    unknown = options - {"allow_other"}
-    if unknown:
-        msg = f"unknown mount option(s): {','.join(sorted(unknown))}"
-        ready(msg)
-        raise DmError(msg)
+    try:
+        options = parse_mount_options(args.options)
+    except DmError as exc:
+        ready(exc.message)
+        raise
     daemon = Daemon(
-        args.tabledir, args.mountpoint_dir, allow_other="allow_other" in options, debug=args.debug
+        args.tabledir,
+        args.mountpoint_dir,
+        allow_other=options.allow_other,
+        debug=args.debug,
+        cache=options.cache,
     )
     try:
         trio.run(daemon.run, ready)

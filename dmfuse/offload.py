@@ -43,6 +43,12 @@ def watch_waiting_requests(waiting: Callable[[], bool] | None) -> None:
     _waiting = waiting
 
 
+def requests_waiting() -> bool:
+    """Whether FUSE requests are waiting to be received (False without a probe)."""
+    waiting = _waiting
+    return waiting is not None and waiting()
+
+
 class _Completions:
     """The jobs being waited for in one trio run, and the task that wakes their waiters."""
 

@@ -1,8 +1,10 @@
 """dmsetup's output formats, from the plain data the daemon returns.  PURE.
 
 Layouts follow dm-spec §3: ``info`` pads labels to 19 columns and ends each device with a blank
-line; ``table``/``status`` lines keep dm's trailing space for empty target strings and are
-prefixed ``NAME: `` only when no device was named.
+line (a device whose backing files are opened ``cache=none`` has one more, ``Backing cache:``,
+after ``Number of targets``: the default layout stays byte for byte dmsetup's);
+``table``/``status`` lines keep dm's trailing space for empty target strings and are prefixed
+``NAME: `` only when no device was named.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def info_long(infos: Sequence[dict[str, Any]]) -> str:
         out.append(_label("Number of targets", info["targets"] or 0))
         if info.get("logical_block_size", 512) != 512:  # dmfuse's own line (blockdev --getss)
             out.append(f"Logical block size: {info['logical_block_size']}")
+        if info.get("cache", "writeback") != "writeback":  # dmsetup's layout unless cache=none
+            out.append(_label("Backing cache", info["cache"]))
         if info["uuid"]:
             out.append(f"UUID: {info['uuid']}")
         out.append("")

@@ -1,8 +1,9 @@
 """The table directory: the source of truth for what a mount brings up.  EDGE.
 
 Every ``NAME.table`` is a device.  The file holds dmsetup table lines; a first line
-``# dmfuse: readonly uuid=UUID`` (both parts optional) carries what ``create`` flags say.  Relative
-paths resolve against the directory.  Devices changed through the CLI are written back
+``# dmfuse: readonly uuid=UUID cache=none`` (every part optional) carries what ``create`` flags
+say, and ``cache=none|writeback`` overrides the mount's backing cache policy for this device.
+Relative paths resolve against the directory.  Devices changed through the CLI are written back
 atomically (temporary file, fsync, rename, fsync of the directory), mode 0600 since a crypt
 table holds its key.  A table naming another device as ``/dev/mapper/NAME`` is brought up after
 that device; a cycle is refused.
@@ -29,11 +30,13 @@ class TableFile:
     text: str  # empty: a device without a table (created with --notable)
     readonly: bool
     uuid: str
+    cache: str | None = None  # None: the mount's policy
 
 
 def parse_file(name: str, content: str) -> TableFile:
     readonly = False
     uuid = ""
+    cache = None
     for line in content.splitlines():
         if line.startswith(_HEADER):
             for word in line[len(_HEADER) :].split():
@@ -41,12 +44,17 @@ def parse_file(name: str, content: str) -> TableFile:
                     readonly = True
                 elif word.startswith("uuid="):
                     uuid = word[len("uuid=") :]
+                elif word.startswith("cache="):
+                    cache = word[len("cache=") :]  # checked when the device is created
     body = [ln for ln in content.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    return TableFile(name, "\n".join(body), readonly, uuid)
+    return TableFile(name, "\n".join(body), readonly, uuid, cache)
 
 
-def render_file(uuid: str, readonly: bool, lines: Sequence[str] | None) -> str:
-    flags = " ".join(filter(None, ["readonly" if readonly else "", f"uuid={uuid}" if uuid else ""]))
+def render_file(
+    uuid: str, readonly: bool, lines: Sequence[str] | None, cache: str | None = None
+) -> str:
+    words = ["readonly" if readonly else "", f"uuid={uuid}" if uuid else ""]
+    flags = " ".join(filter(None, [*words, f"cache={cache}" if cache else ""]))
     header = f"{_HEADER} {flags}\n" if flags else ""
     return header + "".join(ln.rstrip() + "\n" for ln in lines or [])
 
@@ -100,12 +108,19 @@ class TableDir:
                     out.append(parse_file(entry[: -len(SUFFIX)], fh.read()))
         return out
 
-    def save(self, name: str, uuid: str, readonly: bool, lines: Sequence[str] | None) -> None:
+    def save(
+        self,
+        name: str,
+        uuid: str,
+        readonly: bool,
+        lines: Sequence[str] | None,
+        cache: str | None = None,
+    ) -> None:
         final = os.path.join(self.path, name + SUFFIX)
         tmp = os.path.join(self.path, f".{name}{SUFFIX}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, render_file(uuid, readonly, lines).encode())
+            os.write(fd, render_file(uuid, readonly, lines, cache).encode())
             os.fsync(fd)
         finally:
             os.close(fd)

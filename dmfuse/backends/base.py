@@ -93,6 +93,11 @@ class Backend(abc.ABC):
         read and write it from C (crypt), or None if there is none."""
         return None
 
+    def buffer_alignment(self) -> int:
+        """The address alignment a read buffer needs to go to the backend without a copy
+        (``O_DIRECT`` backends, :mod:`dmfuse.backends.direct`); 1 when any will do."""
+        return 1
+
     def depends_on(self) -> list[str]:
         """Names of dmfuse devices this backend stacks on (for cycle checks)."""
         return []

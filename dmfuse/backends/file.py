@@ -111,12 +111,20 @@ async def seek_in_files(spans: Sequence[tuple[int, int, int]], *, hole: bool) ->
 
 
 class FileBackend(Backend):
-    """A regular file or a block device opened by path (:meth:`open`, in a worker thread)."""
+    """A regular file or a block device opened by path.  The constructor opens it: the pool
+    constructs backends in a worker thread (:func:`blocking`), as opening may block."""
 
-    def __init__(self, path: str, display: str, fd: int, *, writable: bool) -> None:
+    cache = "writeback"  # the page cache policy (dmfuse.backends.direct)
+
+    def __init__(self, path: str, display: str, *, writable: bool, extra_flags: int = 0) -> None:
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | extra_flags
         self.path = path
-        self.fd = fd
-        st = os.fstat(fd)
+        self.fd = os.open(path, flags)
+        try:
+            st = os.fstat(self.fd)
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.is_block = stat.S_ISBLK(st.st_mode)
         if self.is_block:
             self.devno = (os.major(st.st_rdev), os.minor(st.st_rdev))
@@ -129,16 +137,6 @@ class FileBackend(Backend):
         self._written = 1
         self._synced = 0
         self._untracked = False  # file_fd() was handed out: writes bypass us, always sync
-
-    @classmethod
-    async def open(cls, path: str, display: str, *, writable: bool) -> FileBackend:
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
-        fd = await blocking(os.open, path, flags)
-        try:
-            return cls(path, display, fd, writable=writable)
-        except BaseException:
-            os.close(fd)
-            raise
 
     def size(self) -> int:
         if self.is_block:
@@ -230,7 +228,7 @@ class FileBackend(Backend):
             return end
         return await blocking(functools.partial(seek_in_file, self.fd, offset, end, hole=True))
 
-    def file_fd(self) -> int:
+    def file_fd(self) -> int | None:
         self._untracked = True
         return self.fd
 

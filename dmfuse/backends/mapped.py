@@ -70,6 +70,10 @@ class MappedBackend(Backend):
     async def close(self) -> None:
         self.device.open_count -= 1
 
+    def buffer_alignment(self) -> int:
+        live = self.device.live
+        return live.buffer_align if live is not None else 1
+
     def depends_on(self) -> list[str]:
         return [self.device.name]
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import trio
 
+from dmfuse.backends.direct import aligned_buffer
 from dmfuse.engine.loaded import LoadedTable
 from dmfuse.engine.rangelock import RangeLocks
 from dmfuse.errors import DmError, InvalidArgument, IOFailure, NotSupported, ReadOnlyDevice
@@ -44,6 +45,7 @@ class Device:
         self.open_count = 0
         self.deferred_remove = False
         self.ever_loaded = False  # the kernel creates the disk at the first table load
+        self.cache: str | None = None  # backing cache policy of its own (else the mount's)
         self.event_nr = 0
         self.inflight = 0
         self._gate: trio.Event | None = None
@@ -109,7 +111,7 @@ class Device:
             self._idle.set()
 
     # -- I/O ---------------------------------------------------------------------------------
-    async def read(self, offset: int, size: int) -> bytearray:
+    async def read(self, offset: int, size: int) -> bytearray | memoryview:
         """Read up to ``size`` bytes; a read at or past the end returns fewer (EOF, like a file)."""
         live = await self._admit()
         try:
@@ -120,6 +122,10 @@ class Device:
             block = live.block
             if block > 1 and (offset % block or size % block):
                 return await _read_unaligned(live, offset, size)
+            if live.buffer_align > 1:  # O_DIRECT below: read straight into aligned memory
+                view = aligned_buffer(size, live.buffer_align)
+                await live.read(offset, view)
+                return view
             buf = bytearray(size)
             await live.read(offset, memoryview(buf))
             return buf

@@ -57,6 +57,8 @@ class LoadedTable:
         self.discards = True
         self._stack_limits()
         self._no_boundaries = [0] * len(targets)
+        # Reads into a buffer this aligned reach O_DIRECT backends without a bounce copy.
+        self.buffer_align = max((b.buffer_alignment() for b in backends), default=1)
         self._release = release
         # A flush goes once to each distinct backend of the targets that flush the plain way
         # (a 100k-line table over one file is one fsync), plus to every target with its own

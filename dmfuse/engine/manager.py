@@ -27,6 +27,7 @@ from dmfuse.lifecycle import (
     plan_remove,
     plan_set_uuid,
 )
+from dmfuse.mount_options import DEFAULT_CACHE, check_cache_policy
 from dmfuse.table import SECTOR_SIZE, has_targets, parse_table, split_args
 from dmfuse.target import Target, lookup, registered
 
@@ -48,7 +49,14 @@ class Listener(Protocol):
 class Store(Protocol):
     """Where live tables are written back (the table directory)."""
 
-    def save(self, name: str, uuid: str, readonly: bool, lines: Sequence[str] | None) -> None: ...
+    def save(
+        self,
+        name: str,
+        uuid: str,
+        readonly: bool,
+        lines: Sequence[str] | None,
+        cache: str | None = None,
+    ) -> None: ...
     def delete(self, name: str) -> None: ...
 
 
@@ -61,9 +69,15 @@ class NullListener:
 
 class Manager:
     def __init__(
-        self, *, mountpoint: str = "", store: Store | None = None, listener: Listener | None = None
+        self,
+        *,
+        mountpoint: str = "",
+        store: Store | None = None,
+        listener: Listener | None = None,
+        cache: str = DEFAULT_CACHE,
     ) -> None:
         self.mountpoint = mountpoint
+        self.cache = check_cache_policy(cache, "mount option")  # the mount's backing cache policy
         self.store = store
         self.listener: Listener = listener or NullListener()
         self.devices: dict[str, Device] = {}
@@ -89,18 +103,25 @@ class Manager:
     def _by_minor(self, minor: int) -> Device | None:
         return next((d for d in self.devices.values() if d.minor == minor), None)
 
+    def cache_policy(self, device: Device) -> str:
+        """The device's own policy (its table file's header) or else the mount's."""
+        return device.cache or self.cache
+
     def _free_minor(self) -> int:
         used = {d.minor for d in self.devices.values()}
         return next(m for m in range(len(used) + 1) if m not in used)
 
     # -- building tables ---------------------------------------------------------------------
-    async def build(self, owner: str, text: str, *, readonly: bool, cwd: str) -> LoadedTable:
+    async def build(
+        self, owner: str, text: str, *, readonly: bool, cwd: str, cache: str | None = None
+    ) -> LoadedTable:
         """Parse and construct a whole table; on any error release everything and raise."""
         lines = parse_table(text)
         opener = TableOpener(
             self.pool,
             owner=owner,
             readonly=readonly,
+            cache=cache or self.cache,
             cwd=cwd,
             mountpoint=self.mountpoint,
             lookup=self.devices.get,
@@ -178,15 +199,22 @@ class Manager:
         readonly: bool = False,
         uuid: str = "",
         cwd: str = "/",
+        cache: str | None = None,
     ) -> dict[str, Any]:
+        """``cache`` overrides the mount's backing cache policy for this device's tables."""
         check_name(name)
         check_uuid(uuid)
+        if cache is not None:
+            check_cache_policy(cache, "table header")
         self._claim_name(name, uuid)
         try:
             device = Device(name, uuid, self._free_minor())
+            device.cache = cache
             device.on_resize = self.listener.device_resized
             if table is not None and has_targets(table):  # empty: no table, like dmsetup
-                loaded = await self.build(name, table, readonly=readonly, cwd=cwd)
+                loaded = await self.build(
+                    name, table, readonly=readonly, cwd=cwd, cache=self.cache_policy(device)
+                )
                 await _install_checks(device, loaded)
                 await device.load(loaded)
                 try:
@@ -203,7 +231,9 @@ class Manager:
 
     async def load(self, name: str, table: str, *, readonly: bool = False, cwd: str = "/") -> None:
         async with self._locked(name, "table") as device:
-            loaded = await self.build(device.name, table, readonly=readonly, cwd=cwd)
+            loaded = await self.build(
+                device.name, table, readonly=readonly, cwd=cwd, cache=self.cache_policy(device)
+            )
             if device.removed:  # removed while the table was built (remove takes no table_lock)
                 await loaded.destroy()
                 raise NoSuchDevice(f"{name}: No such device or address")
@@ -344,6 +374,7 @@ class Manager:
             "targets": len(table.targets) if table is not None else None,
             "size": device.size,
             "logical_block_size": device.logical_block_size,
+            "cache": self.cache_policy(device),
         }
 
     def _selected(self, name: str | None) -> list[Device]:
@@ -424,7 +455,7 @@ class Manager:
         if self.store is None:
             return
         lines = device.live.table_lines(showkeys=True) if device.live is not None else None
-        self.store.save(device.name, device.uuid, device.readonly, lines)
+        self.store.save(device.name, device.uuid, device.readonly, lines, device.cache)
 
 
 async def _install_checks(device: Device, loaded: LoadedTable) -> None:

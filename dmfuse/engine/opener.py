@@ -6,45 +6,55 @@ A device argument is one of (dm-spec §1.5 and the project's stacking rule):
 * ``MAJOR:MINOR`` — a block device of the host (found through ``/sys/dev/block``);
 * a path to a regular file or block device; relative paths resolve against the caller's
   directory (the table directory for table files, the client's cwd for the CLI).
-The same file used twice (in one table or several) is opened once and reference counted, so a
-flush syncs it once.  Opening a table that would stack a device on itself is refused.
+The same file used twice (in one table or several) with the same cache policy is opened once and
+reference counted, so a flush syncs it once; under two policies (``cache=none`` in one table
+file's header only) it is opened once per policy (:mod:`dmfuse.backends.direct`).
+Opening a table that would stack a device on itself is refused.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from dmfuse.backends.base import Backend
+from dmfuse.backends.direct import DirectFileBackend
 from dmfuse.backends.file import FileBackend, blocking
 from dmfuse.backends.mapped import MAPPED_MAJOR, MappedBackend
 from dmfuse.engine.device import Device
 from dmfuse.errors import TableError
+from dmfuse.mount_options import DEFAULT_CACHE
 
 _DEVNO = re.compile(r"([0-9]+):([0-9]+)\Z")
 
 
 class BackendPool:
-    """The mount's opened files, shared between tables (key: inode and access mode)."""
+    """The mount's opened files, shared between tables (key: inode, access mode, cache policy)."""
 
     def __init__(self) -> None:
-        self._files: dict[tuple[int, int, bool], FileBackend] = {}
-        self._keys: dict[int, tuple[int, int, bool]] = {}  # id(backend) -> its key above
+        self._files: dict[tuple[int, int, bool, str], FileBackend] = {}
+        self._keys: dict[int, tuple[int, int, bool, str]] = {}  # id(backend) -> its key above
 
-    async def open_file(self, path: str, display: str, writable: bool) -> FileBackend:
+    async def open_file(
+        self, path: str, display: str, writable: bool, cache: str = DEFAULT_CACHE
+    ) -> FileBackend:
         try:
             st = await blocking(os.stat, path)
         except OSError as exc:
             raise TableError(
                 f"Device lookup failed: {display}: {exc.strerror}", exc.errno
             ) from None
-        key = (st.st_dev, st.st_ino, writable)
+        key = (st.st_dev, st.st_ino, writable, cache)
         backend = self._files.get(key)
         if backend is None:
+            opened = DirectFileBackend if cache == "none" else FileBackend
             try:
-                backend = await FileBackend.open(path, display, writable=writable)
+                backend = await blocking(
+                    functools.partial(opened, path, display, writable=writable)
+                )
             except OSError as exc:
                 raise TableError(
                     f"Device lookup failed: {display}: {exc.strerror}", exc.errno
@@ -78,6 +88,7 @@ class TableOpener:
         *,
         owner: str,
         readonly: bool,
+        cache: str = DEFAULT_CACHE,
         cwd: str,
         mountpoint: str,
         lookup: Callable[[str], Device | None],
@@ -86,6 +97,7 @@ class TableOpener:
         self.pool = pool
         self.owner = owner
         self.readonly = readonly
+        self.cache = cache
         self.cwd = cwd
         self.mountpoint = mountpoint.rstrip("/")
         self._lookup = lookup
@@ -101,7 +113,7 @@ class TableOpener:
         else:
             path = self._host_path(spec)
             # A file prints as its absolute path so ``table`` output loads from any directory.
-            backend = await self.pool.open_file(path, path, writable=not self.readonly)
+            backend = await self.pool.open_file(path, path, not self.readonly, self.cache)
         self.opened.append(backend)
         return backend
 

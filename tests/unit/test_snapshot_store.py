@@ -7,7 +7,6 @@ the store crash-safe (data, flush, metadata area, flush) is checked here on a re
 from __future__ import annotations
 
 import errno
-import os
 import struct
 from collections.abc import Callable
 
@@ -27,7 +26,7 @@ class Recording(Backend):
 
     def __init__(self, path: str, chunk: int = CHUNK) -> None:
         self.chunk = chunk
-        self.inner = FileBackend(path, path, os.open(path, os.O_RDWR), writable=True)
+        self.inner = FileBackend(path, path, writable=True)
         self.display = path
         self.log: list[str] = []
         self.fail_writes_at: int | None = None
