@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from dmfuse import __version__, targets  # noqa: F401  (registers the targets)
-from dmfuse.backends.mapped import MAPPED_MAJOR
+from dmfuse.engine.checks import install_checks
 from dmfuse.engine.device import Device
 from dmfuse.engine.loaded import LoadedTable
-from dmfuse.engine.opener import BackendPool, TableOpener, check_no_cycle
+from dmfuse.engine.opener import BackendPool, TableOpener
+from dmfuse.engine.reports import Reports
 from dmfuse.errors import DeviceBusy, DmError, InvalidArgument, NoSuchDevice, TableError
 from dmfuse.lifecycle import (
     Plan,
@@ -29,12 +30,10 @@ from dmfuse.lifecycle import (
 )
 from dmfuse.mount_options import DEFAULT_CACHE, check_cache_policy
 from dmfuse.table import SECTOR_SIZE, has_targets, parse_table, split_args
-from dmfuse.target import Target, lookup, registered
+from dmfuse.target import Target, lookup
 
 log = logging.getLogger(__name__)
 
-DRIVER_VERSION = "4.48.0"
-READ_AHEAD = 256
 
 
 class Listener(Protocol):
@@ -67,7 +66,7 @@ class NullListener:
     def device_resized(self, device: Device) -> None: ...
 
 
-class Manager:
+class Manager(Reports):
     def __init__(
         self,
         *,
@@ -87,13 +86,7 @@ class Manager:
         self._creating: set[str] = set()
         self._creating_uuids: set[str] = set()
 
-    # -- lookup ------------------------------------------------------------------------------
-    def get(self, name: str) -> Device:
-        device = self.devices.get(name)
-        if device is None:
-            raise NoSuchDevice(f"{name}: No such device or address")
-        return device
-
+    # -- lookup (get: in Reports) -------------------------------------------------------------
     def by_uuid(self, uuid: str) -> Device:
         for device in self.devices.values():
             if device.uuid == uuid:
@@ -102,10 +95,6 @@ class Manager:
 
     def _by_minor(self, minor: int) -> Device | None:
         return next((d for d in self.devices.values() if d.minor == minor), None)
-
-    def cache_policy(self, device: Device) -> str:
-        """The device's own policy (its table file's header) or else the mount's."""
-        return device.cache or self.cache
 
     def _free_minor(self) -> int:
         used = {d.minor for d in self.devices.values()}
@@ -215,7 +204,7 @@ class Manager:
                 loaded = await self.build(
                     name, table, readonly=readonly, cwd=cwd, cache=self.cache_policy(device)
                 )
-                await _install_checks(device, loaded)
+                await install_checks(device, loaded)
                 await device.load(loaded)
                 try:
                     await device.resume()
@@ -237,7 +226,7 @@ class Manager:
             if device.removed:  # removed while the table was built (remove takes no table_lock)
                 await loaded.destroy()
                 raise NoSuchDevice(f"{name}: No such device or address")
-            await _install_checks(device, loaded)
+            await install_checks(device, loaded)
             await device.load(loaded)
 
     async def resume(self, name: str) -> None:
@@ -354,90 +343,6 @@ class Manager:
         await device.wait_event(event_nr)
         return self._info(device)
 
-    # -- reports -----------------------------------------------------------------------------
-    def _info(self, device: Device, *, inactive: bool = False) -> dict[str, Any]:
-        table = device.inactive if inactive else device.live
-        return {
-            "name": device.name,
-            "uuid": device.uuid,
-            "major": MAPPED_MAJOR,
-            "minor": device.minor,
-            "suspended": device.suspended,
-            "readonly": device.readonly,
-            "deferred_remove": device.deferred_remove,
-            "live": device.live is not None,
-            "inactive": device.inactive is not None,
-            "open_count": device.open_count,
-            "event_nr": device.event_nr,
-            "read_ahead": READ_AHEAD,
-            "has_disk": device.ever_loaded,
-            "targets": len(table.targets) if table is not None else None,
-            "size": device.size,
-            "logical_block_size": device.logical_block_size,
-            "cache": self.cache_policy(device),
-        }
-
-    def _selected(self, name: str | None) -> list[Device]:
-        if name is not None:
-            return [self.get(name)]
-        return sorted(self.devices.values(), key=lambda d: d.name)  # as dmsetup lists them
-
-    def info(self, name: str | None = None) -> list[dict[str, Any]]:
-        return [self._info(d) for d in self._selected(name)]
-
-    def table(
-        self,
-        name: str | None = None,
-        *,
-        inactive: bool = False,
-        showkeys: bool = False,
-        target: str | None = None,
-    ) -> list[dict[str, Any]]:
-        out = []
-        for device in self._selected(name):
-            loaded = device.inactive if inactive else device.live
-            lines = loaded.table_lines(showkeys) if loaded is not None else []
-            out.append({"name": device.name, "lines": _only(lines, target)})
-        return out
-
-    def status(
-        self, name: str | None = None, *, inactive: bool = False, target: str | None = None
-    ) -> list[dict[str, Any]]:
-        out = []
-        for device in self._selected(name):
-            loaded = device.inactive if inactive else device.live
-            lines = loaded.status_lines() if loaded is not None else []
-            out.append({"name": device.name, "lines": _only(lines, target)})
-        return out
-
-    def deps(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for device in self._selected(name):
-            found: dict[str, Any] = {}
-            if device.live is not None:
-                for backend in device.live.distinct_backends():
-                    found.setdefault(
-                        backend.display, {"name": backend.display, "devno": backend.devno}
-                    )
-            out.append({"name": device.name, "deps": list(found.values())})
-        return out
-
-    def ls(self, target: str | None = None) -> list[dict[str, Any]]:
-        return [
-            {"name": d.name, "major": MAPPED_MAJOR, "minor": d.minor}
-            for d in sorted(self.devices.values(), key=lambda d: d.name)
-            if target is None
-            or (d.live is not None and any(ln.target_type == target for ln in d.live.lines))
-        ]
-
-    @staticmethod
-    def targets() -> list[dict[str, Any]]:
-        return [{"name": cls.name, "version": list(cls.version)} for cls in registered()]
-
-    @staticmethod
-    def version() -> dict[str, str]:
-        return {"library": f"dmfuse {__version__}", "driver": DRIVER_VERSION}
-
     # -- shutdown and persistence ------------------------------------------------------------
     async def shutdown(self) -> None:
         """Unmount: let in-flight I/O finish, flush every live table, close every backend."""
@@ -456,50 +361,6 @@ class Manager:
             return
         lines = device.live.table_lines(showkeys=True) if device.live is not None else None
         self.store.save(device.name, device.uuid, device.readonly, lines, device.cache)
-
-
-async def _install_checks(device: Device, loaded: LoadedTable) -> None:
-    """What ``load`` checks after building, before the table takes the inactive slot (on
-    failure the table is destroyed and the slot is left as it was)."""
-    try:
-        check_no_cycle(device.name, loaded.distinct_backends())  # again: other loads ran meanwhile
-    except DmError:
-        await loaded.destroy()
-        raise
-    await _check_immutable(device, loaded)
-    await _check_initial_fit(device, loaded)
-
-
-async def _check_initial_fit(device: Device, loaded: LoadedTable) -> None:
-    """A device's first table is sized at load (the kernel sets its queue up then), so one that
-    does not fit fails the load; later tables are checked at resume."""
-    if device.live is None:
-        try:
-            loaded.check_fits()
-        except DmError:
-            await loaded.destroy()
-            raise
-
-
-async def _check_immutable(device: Device, loaded: LoadedTable) -> None:
-    """table_load: a live immutable target (verity) is replaced only by its own type or a
-    wildcard (error) table.  The kernel remembers the type for the device's lifetime; this
-    looks at the live table only."""
-    live = device.live
-    fixed = next((t for t in live.targets if t.immutable), None) if live is not None else None
-    if fixed is None:
-        return
-    new = loaded.targets
-    if any(t.wildcard for t in new) or any(t.immutable and t.name == fixed.name for t in new):
-        return
-    await loaded.destroy()
-    raise TableError(f"can't replace immutable target type {fixed.name}")
-
-
-def _only(lines: list[str], target: str | None) -> list[str]:
-    if target is None:
-        return lines
-    return [ln for ln in lines if ln.split(" ", 3)[2] == target]
 
 
 def _top_down(devices: dict[str, Device]) -> list[Device]:
