@@ -35,7 +35,6 @@ from dmfuse.target import Target, lookup
 log = logging.getLogger(__name__)
 
 
-
 class Listener(Protocol):
     """What the FUSE layer and the table directory want to hear about."""
 
