@@ -83,6 +83,7 @@ class Overlap:
 
     def __init__(self) -> None:
         self._arriving = 0  # big requests deciding (without a probe)
+        self._arrived = 0  # big requests that have started deciding, ever
         self._at_worker = 0  # big requests whose job is at the worker thread
 
     async def use_worker(self, size: int) -> bool:
@@ -95,10 +96,16 @@ class Overlap:
         waiting = _waiting
         if waiting is not None:
             return waiting()
+        # Overlapping: another big request was deciding when this one arrived, or arrived
+        # while this one yielded (counted, not sampled after the yield: the other may be
+        # done by then, e.g. its job ran on the calling thread under load).
+        others = self._arriving
         self._arriving += 1
+        self._arrived += 1
+        mine = self._arrived
         try:
             await trio.lowlevel.checkpoint()
-            return self._arriving > 1 or self._at_worker > 0
+            return others > 0 or self._arrived != mine or self._at_worker > 0
         finally:
             self._arriving -= 1
 
