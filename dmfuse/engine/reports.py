@@ -46,6 +46,7 @@ class Reports:
             "live": device.live is not None,
             "inactive": device.inactive is not None,
             "open_count": device.open_count,
+            "inflight": device.inflight,  # admitted requests not done yet (held ones too)
             "event_nr": device.event_nr,
             "read_ahead": READ_AHEAD,
             "has_disk": device.ever_loaded,

@@ -12,7 +12,10 @@ import json
 import os
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dmfuse.control.client import request
 from dmfuse.control.protocol import socket_path
@@ -112,3 +115,67 @@ def test_suspend_resume_storms_from_several_clients_strand_nothing(mnt: Mount) -
     for loop in loops.values():
         mnt.detach(loop)
     assert Path(mnt.dev("mrg")).stat().st_size == SECTORS * 512
+
+
+def test_resume_during_a_draining_suspend_waits_for_it(mnt: Mount) -> None:
+    """I/O held below: ``suspend top`` waits for it to drain; a ``load`` + ``resume top``
+    issued meanwhile used to swap tables under the in-flight request, and the pending suspend
+    then reported success on an ACTIVE device.  Now the load goes ahead (it only fills the
+    inactive slot, as in the kernel) and the resume waits for the suspend."""
+    mnt.image("old.img", MiB, data=b"o" * 4096)
+    mnt.image("new.img", MiB, data=b"n" * 4096)
+    mnt.table("low", "0 2048 linear old.img 0")
+    mnt.table("top", "0 2048 linear /dev/mapper/low 0")
+    mnt.mount()
+    sock = socket_path(str(mnt.mnt))
+    events: list[str] = []
+    got: list[bytes] = []
+
+    def read_top() -> None:
+        with open(mnt.dev("top"), "rb", buffering=0) as fh:
+            got.append(os.pread(fh.fileno(), 4096, 0))
+        events.append("read")
+
+    def suspend_top() -> None:
+        request(sock, "suspend", {"name": "top"})
+        events.append("suspend")
+
+    def reload_top() -> None:
+        request(sock, "load", {"name": "top", "table": f"0 2048 linear {mnt.tables}/new.img 0"})
+        events.append("load")
+        request(sock, "resume", {"name": "top"})
+        events.append("resume")
+
+    request(sock, "suspend", {"name": "low"})
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (read_top, suspend_top)]
+    threads[0].start()
+    _wait_until(lambda: _info(sock, "top")["inflight"] == 1)  # held on low's gate
+    threads[1].start()
+    _wait_until(lambda: _info(sock, "top")["suspended"])  # gate installed, draining
+    reloader = threading.Thread(target=reload_top, daemon=True)
+    reloader.start()
+    _wait_until(lambda: "load" in events)
+    assert events == ["load"]  # the resume waits for the draining suspend; the read is held
+    assert request(sock, "table", {"name": "top"})[0]["lines"] == [
+        "0 2048 linear /dev/mapper/low 0"
+    ]
+    request(sock, "resume", {"name": "low"})
+    for thread in [*threads, reloader]:
+        thread.join(timeout=30)
+    assert sorted(events) == ["load", "read", "resume", "suspend"]
+    assert got == [b"o" * 4096]  # read through the old table, not swapped under it
+    with open(mnt.dev("top"), "rb") as fh:
+        assert fh.read(4096) == b"n" * 4096  # and then the new one is live
+    assert not request(sock, "info", {"name": "top"})[0]["suspended"]
+
+
+def _info(sock: str, name: str) -> dict[str, Any]:
+    info: dict[str, Any] = request(sock, "info", {"name": name})[0]
+    return info
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
