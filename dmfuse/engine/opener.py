@@ -14,8 +14,10 @@ flush syncs it once.  Opening a table that would stack a device on itself is ref
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +46,7 @@ class BackendPool:
             raise TableError(
                 f"Device lookup failed: {display}: {exc.strerror}", exc.errno
             ) from None
+        _check_kind(st, display)
         key = (st.st_dev, st.st_ino, writable)
         backend = self._files.get(key)
         if backend is None:
@@ -67,6 +70,15 @@ class BackendPool:
             del self._files[key]
         release_claim(backend)
         await backend.close()
+
+
+def _check_kind(st: os.stat_result, display: str) -> None:
+    """Only files and block devices: opening a FIFO read-only would wait for a writer for good,
+    and the kernel's lookup_bdev refuses anything but a block device (ENOTBLK)."""
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise TableError(
+            f"Device lookup failed: {display}: not a block device or regular file", errno.ENOTBLK
+        )
 
 
 class TableOpener:
