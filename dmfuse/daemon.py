@@ -51,7 +51,7 @@ class Daemon:
         """Create every device of the table directory, or none (and raise)."""
         files = self.tables.read_all()
         try:
-            for f in bring_up_order(files, self.mountpoint):
+            for f in bring_up_order(files, self.mountpoint, self.tables.path):
                 try:
                     await self.manager.create(
                         f.name,

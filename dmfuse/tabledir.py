@@ -64,8 +64,10 @@ def render_file(uuid: str, readonly: bool, lines: Sequence[str] | None) -> str:
     return header + "".join(ln.rstrip() + "\n" for ln in lines or [])
 
 
-def bring_up_order(files: Sequence[TableFile], mountpoint: str) -> list[TableFile]:
-    """Order so that stacked devices come after what they sit on; refuse cycles."""
+def bring_up_order(files: Sequence[TableFile], mountpoint: str, base: str = "") -> list[TableFile]:
+    """Order so that stacked devices come after what they sit on; refuse cycles.  A device is
+    named as ``/dev/mapper/NAME``, ``MOUNTPOINT/NAME`` or a path relative to ``base`` (the
+    table directory) that leads there, like ``../mnt/NAME``."""
     by_name = {f.name: f for f in files}
     mount_ref = (
         re.compile(re.escape(mountpoint.rstrip("/")) + r"/([^\s/]+)") if mountpoint else None
@@ -75,6 +77,11 @@ def bring_up_order(files: Sequence[TableFile], mountpoint: str) -> list[TableFil
         found = set(_MAPPED_REF.findall(f.text))
         if mount_ref is not None:
             found |= set(mount_ref.findall(f.text))
+            if base:
+                for word in f.text.split():
+                    if not word.startswith("/"):
+                        full = os.path.normpath(os.path.join(base, word))
+                        found |= set(mount_ref.findall(full))
         return {d for d in found if d in by_name}
 
     order: list[TableFile] = []

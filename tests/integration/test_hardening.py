@@ -105,6 +105,15 @@ def test_table_paths_landing_in_the_own_mount_are_its_devices(mnt: Mount) -> Non
     _alive_and_listing(mnt)
 
 
+def test_table_files_naming_the_mount_relatively_come_up_in_order(mnt: Mount) -> None:
+    mnt.table("a", "0 8 linear ../mnt/./z 0")  # "a" sorts before what it sits on
+    mnt.table("z", "0 8 zero")
+    mnt.mount()
+    assert "(253, 0)" in mnt.cli("deps", "a").stdout  # z came up first, as minor 0
+    with open(mnt.dev("a"), "rb") as fh:
+        assert fh.read() == bytes(4096)
+
+
 # -- 3: one daemon per table dir, mountpoint and persistent file --------------------------------
 def test_a_second_mount_of_the_same_tables_or_mountpoint_is_refused(
     mnt: Mount, tmp_path: Path

@@ -27,3 +27,12 @@ def test_bring_up_order_puts_lower_devices_first_and_refuses_cycles() -> None:
     ]
     with pytest.raises(TableError, match="cycle"):
         bring_up_order(cyc, "/mnt")
+
+
+def test_bring_up_order_follows_relative_paths_into_the_mount() -> None:
+    files = [
+        TableFile("a", "0 8 linear ../mnt/./z 0", False, ""),
+        TableFile("z", "0 8 zero", False, ""),
+    ]
+    assert [f.name for f in bring_up_order(files, "/r/mnt", "/r/tables")] == ["z", "a"]
+    assert [f.name for f in bring_up_order(files, "/r/mnt")] == ["a", "z"]  # not told the base
