@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -17,9 +18,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dmfuse import __version__, output
+from dmfuse import __version__, mounts, output
 from dmfuse.control.client import find_socket, request
-from dmfuse.control.protocol import runtime_dir, socket_path
+from dmfuse.control.protocol import pid_path, runtime_dir, socket_path
 from dmfuse.errors import DmError
 from dmfuse.mount_options import parse_mount_options
 
@@ -332,19 +333,65 @@ def _mount_background(args: argparse.Namespace) -> int:
 
 
 def _umount(args: argparse.Namespace) -> int:
+    """Ask the daemon to shut down and wait until it has; a dead mount (its daemon killed)
+    is unmounted at once, as ``fusermount3 -u`` would, and its socket and pid files removed."""
     mountpoint = os.path.realpath(args.mountpoint_dir)
     path = socket_path(mountpoint)
+    if mounts.is_dead(mountpoint):
+        _clear_dead_mount(mountpoint)
+        return 0
+    daemon = _daemon_pid(mountpoint)
     if os.path.exists(path):
-        with contextlib.suppress(DmError):  # already going away
+        try:
             request(path, "shutdown", {})
+            listening = True
+        except DmError as exc:  # nobody listens (the daemon is gone) or already going away
+            listening = exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
         deadline = time.monotonic() + 60
-        while os.path.ismount(mountpoint) and time.monotonic() < deadline:
+        while listening and time.monotonic() < deadline:
+            if daemon is not None and not _alive(daemon):
+                break
+            if not os.path.exists(path) and mounts.mount_at(mountpoint) is None:
+                break
             time.sleep(0.05)
-        while os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    if os.path.ismount(mountpoint):
+    if mounts.is_dead(mountpoint):
+        _clear_dead_mount(mountpoint)
+    elif os.path.ismount(mountpoint):
         subprocess.run(["fusermount3", "-u", mountpoint], check=True)
     return 0
+
+
+def _clear_dead_mount(mountpoint: str) -> None:
+    done = subprocess.run(
+        ["fusermount3", "-u", mountpoint], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise DmError(done.stderr.strip() or f"fusermount3 -u {mountpoint} failed")
+    for stale in (socket_path(mountpoint), pid_path(mountpoint)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+
+
+def _daemon_pid(mountpoint: str) -> int | None:
+    try:
+        with open(pid_path(mountpoint), encoding="ascii") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,12 @@
 Shutdown is the same whichever way it is asked for (SIGINT/SIGTERM, ``dmfuse umount``,
 ``fusermount3 -u``): requests held by suspended devices fail with EIO, the FUSE loop ends after
 in-flight requests complete, then every device is flushed and every backend closed.
+
+Before mounting, the daemon takes its table directory (an exclusive ``flock``: one mount per
+directory) and looks at the mountpoint: a live dmfuse mount there is refused (stacking a
+second daemon on it would hide the first), a dead one (its daemon killed: every ``stat``
+answers ENOTCONN) that belongs to this user is unmounted first, any other dead FUSE mount is
+refused with the command that clears it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from dmfuse import offload
+from dmfuse import mounts, offload
 from dmfuse.control.protocol import pid_path, socket_path
 from dmfuse.control.server import ControlServer
 from dmfuse.engine.manager import Manager
@@ -52,7 +58,7 @@ class Daemon:
         """Create every device of the table directory, or none (and raise)."""
         files = self.tables.read_all()
         try:
-            for f in bring_up_order(files, self.mountpoint):
+            for f in bring_up_order(files, self.mountpoint, self.tables.path):
                 try:
                     await self.manager.create(
                         f.name,
@@ -70,8 +76,37 @@ class Daemon:
         self.manager.store = self.tables
 
     async def run(self, ready: Callable[[str | None], None]) -> None:
-        if not os.path.isdir(self.mountpoint):
-            raise DmError(f"mountpoint {self.mountpoint} is not a directory")
+        await self._check_mountpoint()
+        lock = self.tables.lock()
+        try:
+            await self._run_locked(ready)
+        finally:
+            os.close(lock)
+
+    async def _check_mountpoint(self) -> None:
+        where = self.mountpoint
+        entry = mounts.mount_at(where)
+        dead = mounts.is_dead(where)
+        if entry is not None and entry.fstype == mounts.FSTYPE and not dead:
+            raise DmError(f"{where} is already a dmfuse mount (dmfuse umount {where} first)")
+        if dead:
+            ours = entry is not None and entry.fstype == mounts.FSTYPE
+            if not ours or (entry is not None and entry.owner_uid not in (os.getuid(), None)):
+                raise DmError(
+                    f"{where} is a dead FUSE mount (Transport endpoint is not connected): "
+                    f"run fusermount3 -u {where}"
+                )
+            log.info("%s: clearing the dead dmfuse mount left by a daemon that died", where)
+            done = await trio.run_process(
+                ["fusermount3", "-u", where], check=False, capture_stderr=True
+            )
+            if done.returncode != 0:
+                reason = done.stderr.decode(errors="replace").strip()
+                raise DmError(f"clearing the dead dmfuse mount on {where} failed: {reason}")
+        if not os.path.isdir(where):
+            raise DmError(f"mountpoint {where} is not a directory")
+
+    async def _run_locked(self, ready: Callable[[str | None], None]) -> None:
         # Paths are worked out before mounting: once mounted, a stat of the mountpoint from
         # this process would wait for this process to answer it.
         server = ControlServer(

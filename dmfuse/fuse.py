@@ -229,6 +229,51 @@ class DeviceFiles(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         return None
 
+    # -- the namespace is read-only ------------------------------------------------------------
+    # Names come and go with ``dmfuse create/remove/rename`` only.  Creating, linking, removing
+    # or renaming a name here answers EACCES, as a directory without write permission does
+    # (ENOSYS, the default, would make the kernel fall back to mknod and read as "not
+    # implemented").
+    @_guarded
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    @_guarded
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    @_guarded
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    @_guarded
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    @_guarded
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    @_guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    @_guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    @_guarded
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
+    ) -> None:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
     # -- files -------------------------------------------------------------------------------
     @_guarded
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:

@@ -7,8 +7,8 @@ Grammar (dm-spec §1.1–1.4), one target per line::
 Reading follows dmsetup's ``_parse_line``: surrounding blanks are trimmed, empty lines and lines
 starting with ``#`` are skipped, anything from the first ``#`` in the parameters on is a comment,
 numbers are unsigned decimal.  Layout follows the kernel's ``dm_table_add_target``: at least one
-target, no zero-length target, and each target starts exactly where the previous one ended (this
-one rule forbids gaps, overlaps and out-of-order lines).
+target, no zero-length target, no device past :data:`MAX_SECTORS`, and each target starts exactly
+where the previous one ended (this one rule forbids gaps, overlaps and out-of-order lines).
 
 Target arguments are split like ``dm_split_args``: on whitespace, with a backslash escaping the
 next character.  Output lines are ``"%llu %llu %s "`` followed by the target's string, so a target
@@ -26,6 +26,9 @@ import attrs
 from dmfuse.errors import TableError
 
 SECTOR_SIZE = 512
+# dm_table_add_target: a device ends at LLONG_MAX >> SECTOR_SHIFT sectors at most, so its byte
+# size fits a loff_t (and a file's off_t here); past that the kernel says "too large device".
+MAX_SECTORS = ((1 << 63) - 1) >> 9
 _DECIMAL = re.compile(r"\+?[0-9]+\Z")  # dmsetup reads them with %llu, which takes a '+'
 
 
@@ -122,6 +125,8 @@ def check_layout(lines: Sequence[TableLine]) -> None:
         where = f"line {line.lineno}: {line.target_type}"
         if line.length == 0:
             raise TableError(f"{where}: zero-length target")
+        if line.end > MAX_SECTORS:
+            raise TableError(f"{where}: too large device (more than {MAX_SECTORS} sectors)")
         if line.start != expected:
             kind = "gap in table" if line.start > expected else "overlapping or out-of-order target"
             raise TableError(

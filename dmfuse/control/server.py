@@ -1,7 +1,11 @@
 """The daemon's side of the control socket.  EDGE: decode, call the manager, encode.
 
 The socket's directory is 0700 and the socket 0600, and every connection's peer credentials
-(``SO_PEERCRED``) must be the daemon's own uid or root.
+(``SO_PEERCRED``) must be the daemon's own uid or root.  A directory that exists already must
+be the daemon's own (another user may have created ``/tmp/dmfuse-<uid>`` to catch requests).
+
+Whatever goes wrong on one connection (a request over :data:`MAX_MESSAGE`, bytes that are not
+JSON, a client that goes away) is answered or dropped on that connection only.
 """
 
 from __future__ import annotations
@@ -17,11 +21,22 @@ from typing import Any
 
 import trio
 
-from dmfuse.control.protocol import MAX_MESSAGE, decode_request, encode_error, encode_ok
+from dmfuse.control.protocol import (
+    MAX_MESSAGE,
+    check_private_dir,
+    decode_request,
+    encode_error,
+    encode_ok,
+    too_large,
+)
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError, InvalidArgument
 
 log = logging.getLogger(__name__)
+
+_DRAIN_SECONDS = 30
+# Arguments that must be strings when given (a number there would fail deep in the engine).
+_TEXT_ARGS = ("name", "new_name", "setuuid", "table", "uuid", "cwd", "message", "target")
 
 Handler = Callable[[Manager, dict[str, Any]], Awaitable[Any]]
 
@@ -109,7 +124,9 @@ class ControlServer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
+        problem = check_private_dir(directory, self.uid)
+        if problem is not None:
+            raise DmError(f"refusing the runtime directory: {problem}", errno.EACCES)
         if os.path.exists(self.path):
             os.unlink(self.path)  # a stale socket from a daemon that died
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -135,14 +152,21 @@ class ControlServer:
                     await stream.send_all(encode_error(errno.EACCES, "permission denied"))
                     return
                 line = await _receive_line(stream)
-                reply = await self._dispatch(line)
-                await stream.send_all(reply)
+                if line is None:
+                    await _refuse(stream, encode_error(errno.EINVAL, f"request {too_large()}"))
+                    return
+                await stream.send_all(await self._dispatch(line))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the client went away; whatever it asked for was undone or finished
+            except Exception:  # this connection's failure only, never the daemon's
+                log.exception("control connection failed")
 
     async def _dispatch(self, line: bytes) -> bytes:
         try:
             command, args = decode_request(line)
+            for key in _TEXT_ARGS:
+                if args.get(key) is not None and not isinstance(args[key], str):
+                    raise TypeError(f"{key} must be a string")
             handler = self.commands.get(command)
             if handler is None:
                 raise InvalidArgument(f"unknown command {command!r}")
@@ -158,13 +182,28 @@ class ControlServer:
             return encode_error(errno.EIO, f"internal error: {exc!r}")
 
 
-async def _receive_line(stream: trio.SocketStream) -> bytes:
+async def _refuse(stream: trio.SocketStream, reply: bytes) -> None:
+    """Answer before the request has been read to its end: reply, then read and drop the rest
+    (for a while), since closing with unread data would reset the connection and lose the
+    reply to the client."""
+    await stream.send_all(reply)
+    await stream.send_eof()
+    with trio.move_on_after(_DRAIN_SECONDS):
+        while await stream.receive_some(1 << 20):
+            pass
+
+
+async def _receive_line(stream: trio.SocketStream) -> bytes | None:
+    """The request up to its newline (or the end of the stream); None past the limit.
+    Anything after the newline is ignored: one request per connection."""
     data = bytearray()
-    while not data.endswith(b"\n"):
+    while True:
         chunk = await stream.receive_some(65536)
         if not chunk:
-            break
-        data += chunk
+            return bytes(data)
+        end = chunk.find(b"\n")
+        data += chunk if end < 0 else chunk[:end]
         if len(data) > MAX_MESSAGE:
-            raise InvalidArgument("request too large")
-    return bytes(data)
+            return None
+        if end >= 0:
+            return bytes(data)

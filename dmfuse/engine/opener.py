@@ -5,7 +5,9 @@ A device argument is one of (dm-spec §1.5 and the project's stacking rule):
 * ``253:MINOR`` — the same, by the number ``ls`` shows;
 * ``MAJOR:MINOR`` — a block device of the host (found through ``/sys/dev/block``);
 * a path to a regular file or block device; relative paths resolve against the caller's
-  directory (the table directory for table files, the client's cwd for the CLI).
+  directory (the table directory for table files, the client's cwd for the CLI).  A path that
+  lands in this mount by any other way (relative, ``..``, symlinks, bind mounts) is the
+  in-process device too, found without a system call into the mount (:mod:`.ownpath`).
 The same file used twice (in one table or several) with the same cache policy is opened once and
 reference counted, so a flush syncs it once; under two policies (``cache=none`` in one table
 file's header only) it is opened once per policy (:mod:`dmfuse.backends.direct`).
@@ -14,17 +16,21 @@ Opening a table that would stack a device on itself is refused.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from dmfuse.backends.base import Backend
+from dmfuse.backends.claim import release_claim
 from dmfuse.backends.direct import DirectFileBackend
 from dmfuse.backends.file import FileBackend, blocking
 from dmfuse.backends.mapped import MAPPED_MAJOR, MappedBackend
 from dmfuse.engine.device import Device
+from dmfuse.engine.ownpath import own_device_name, own_mount_points
 from dmfuse.errors import TableError
 from dmfuse.mount_options import DEFAULT_CACHE
 
@@ -47,6 +53,7 @@ class BackendPool:
             raise TableError(
                 f"Device lookup failed: {display}: {exc.strerror}", exc.errno
             ) from None
+        _check_kind(st, display)
         key = (st.st_dev, st.st_ino, writable, cache)
         backend = self._files.get(key)
         if backend is None:
@@ -76,7 +83,17 @@ class BackendPool:
         key = self._keys.pop(id(backend), None)
         if key is not None:
             del self._files[key]
+        release_claim(backend)
         await backend.close()
+
+
+def _check_kind(st: os.stat_result, display: str) -> None:
+    """Only files and block devices: opening a FIFO read-only would wait for a writer for good,
+    and the kernel's lookup_bdev refuses anything but a block device (ENOTBLK)."""
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise TableError(
+            f"Device lookup failed: {display}: not a block device or regular file", errno.ENOTBLK
+        )
 
 
 class TableOpener:
@@ -103,6 +120,8 @@ class TableOpener:
         self._lookup = lookup
         self._by_minor = by_minor
         self.opened: list[Backend] = []
+        self._own_mount_points: dict[str, str] | None = None  # read once per table, if needed
+        self._landing: dict[str, str | None] = {}  # path -> the own device it reaches
 
     async def open(self, spec: str) -> Backend:
         device = self._mapped_device(spec)
@@ -128,12 +147,23 @@ class TableOpener:
             if device is None:
                 raise TableError(f"Device lookup failed: {spec}: no such dmfuse device")
             return device
+        elif not _DEVNO.match(spec):
+            name = self._own_device_name(os.path.normpath(os.path.join(self.cwd, spec)), spec)
         if name is None:
             return None
         device = self._lookup(name)
         if device is None:
             raise TableError(f"Device lookup failed: {spec}: no such dmfuse device")
         return device
+
+    def _own_device_name(self, path: str, spec: str) -> str | None:
+        if not self.mountpoint:
+            return None
+        if path not in self._landing:
+            if self._own_mount_points is None:
+                self._own_mount_points = own_mount_points(self.mountpoint)
+            self._landing[path] = own_device_name(path, self._own_mount_points, spec)
+        return self._landing[path]
 
     def _host_path(self, spec: str) -> str:
         m = _DEVNO.match(spec)

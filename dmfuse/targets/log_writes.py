@@ -71,6 +71,7 @@ import trio
 
 from dmfuse import logwrites_format as fmt
 from dmfuse.backends.base import Backend
+from dmfuse.backends.claim import claim_exclusive
 from dmfuse.errors import DmError, InvalidArgument, TableError
 from dmfuse.target import DeviceOpener, Flushed, Limits, Target, check_area, register
 
@@ -94,6 +95,8 @@ class LogWrites(Target):
 
     def __init__(self, length: int, dev: Backend, log_dev: Backend) -> None:
         super().__init__(length)
+        # Two daemons appending to one log would write their entries over each other's.
+        claim_exclusive(log_dev, "log device")
         self.dev = dev
         self.log_dev = log_dev
         self.sectorsize = SECTOR

@@ -100,6 +100,7 @@ import attrs
 import trio
 
 from dmfuse.backends.base import Backend
+from dmfuse.backends.claim import claim_exclusive
 from dmfuse.backends.file import FileBackend
 from dmfuse.errors import DmError, IOFailure, TableError
 from dmfuse.snapshot import origin as registry
@@ -687,6 +688,8 @@ def _min_chunk(origin: Backend, cow: Backend) -> int:
 async def _open_store(
     kind: str, cow: Backend, chunk_sectors: int, origin: Backend
 ) -> ExceptionStore:
+    # Another daemon using the same COW would allocate the same chunks (a transient store too).
+    claim_exclusive(cow, "COW device")
     if kind == "N":
         return TransientStore(cow, chunk_sectors)
     return await PersistentStore.open(cow, chunk_sectors, _min_chunk(origin, cow))

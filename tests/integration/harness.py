@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from dmfuse import mounts
 from dmfuse.control.protocol import pid_path
 
 DMFUSE = [sys.executable, "-m", "dmfuse"]
@@ -64,6 +65,7 @@ class Mount:
         self._loops: list[str] = []
         self._fsmounts: list[str] = []
         self.mounted = False
+        self._pid_file: str | None = None
 
     # -- setup -------------------------------------------------------------------------------
     def image(self, name: str, size: int, data: bytes | None = None) -> str:
@@ -79,6 +81,9 @@ class Mount:
         (self.tables / f"{name}.table").write_text(text)
 
     def mount(self, *extra: str) -> None:
+        # Known before mounting: working it out later stats the mountpoint, which hangs if the
+        # daemon does (and teardown needs the pid then most).
+        self._pid_file = pid_path(str(self.mnt))
         run(*DMFUSE, "mount", *extra, str(self.tables), str(self.mnt))
         self.mounted = True
 
@@ -110,7 +115,7 @@ class Mount:
 
     def daemon_pid(self) -> int | None:
         try:
-            return int(Path(pid_path(str(self.mnt))).read_text())
+            return int(Path(self._pid_file or pid_path(str(self.mnt))).read_text())
         except (FileNotFoundError, ValueError):
             return None
 
@@ -131,9 +136,14 @@ class Mount:
         pid = self.daemon_pid()
         with contextlib.suppress(Exception):
             run(*DMFUSE, "umount", str(self.mnt), timeout=60)
-        if os.path.ismount(self.mnt):
+        if mounts.mount_at(str(self.mnt)) is not None:  # not a stat: the daemon may hang
+            # A daemon stuck on a request (even to itself) is freed only by aborting the FUSE
+            # connection: MNT_FORCE does; -c keeps umount from stat'ing the path first.
             subprocess.run(
-                ["fusermount3", "-u", "-z", str(self.mnt)], check=False, capture_output=True
+                ["umount", "-f", "-l", "-c", str(self.mnt)],
+                check=False,
+                capture_output=True,
+                timeout=30,
             )
         if pid is not None:
             deadline = time.monotonic() + 10
