@@ -120,6 +120,7 @@ class TableOpener:
         self._lookup = lookup
         self._by_minor = by_minor
         self.opened: list[Backend] = []
+        self._by_path: dict[str, Backend] = {}  # files this table opened, by resolved path
         self._own_mount_points: dict[str, str] | None = None  # read once per table, if needed
         self._landing: dict[str, str | None] = {}  # path -> the own device it reaches
 
@@ -132,7 +133,13 @@ class TableOpener:
         else:
             path = self._host_path(spec)
             # A file prints as its absolute path so ``table`` output loads from any directory.
-            backend = await self.pool.open_file(path, path, not self.readonly, self.cache)
+            opened = self._by_path.get(path)
+            if opened is not None:  # named again in this table: no stat (a thread hop) again
+                opened.refs += 1
+                backend = opened
+            else:
+                backend = await self.pool.open_file(path, path, not self.readonly, self.cache)
+                self._by_path[path] = backend
         self.opened.append(backend)
         return backend
 
