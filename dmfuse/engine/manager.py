@@ -273,12 +273,14 @@ class Manager(Reports):
         # A table stacked on this device holds it open (MappedBackend counts in open_count),
         # so plan_remove has already refused a device that is still in use.  Unlisting and
         # marking happen before the first await, so no new table can stack on it meanwhile.
+        # The table file goes with the name, before the awaits of tearing the tables down:
+        # whoever sees the name gone (readdir, ls) finds the table directory agreeing.
         del self.devices[device.name]
         device.removed = True
-        await device.destroy()
         self.listener.device_removed(device)
         if self.store is not None:
             self.store.delete(device.name)
+        await device.destroy()
 
     async def closed(self, device: Device) -> None:
         """Last opener went away: carry out a deferred remove."""
