@@ -120,23 +120,24 @@ class Device:
         if not self.inflight and self._idle is not None:
             self._idle.set()
 
-    def _begin(self, kind: int, offset: int, size: int) -> Token | None:
+    def _begin(self, kind: int, offset: int, size: int, began: int) -> Token | None:
         """dm-stats accounting of a request admitted: only while a region exists."""
         if not self.stats.regions or size <= 0:
             return None
         direction = READ if kind == READS else WRITE  # bio_data_dir: a discard writes
-        return self.stats.begin(direction, offset >> 9, (offset + size + 511) >> 9)
+        return self.stats.begin(direction, offset >> 9, (offset + size + 511) >> 9, began)
 
     def _count(self, kind: int, size: int, began: int, token: Token | None) -> None:
         """A request done: the device totals, and its dm-stats regions if it began in any."""
         if size <= 0:
             return
+        now = monotonic_ns()
         totals = self.totals
         totals[kind] += 1
         totals[kind + 1] += (size + 511) >> 9
-        totals[kind + 2] += monotonic_ns() - began
+        totals[kind + 2] += now - began
         if token is not None:
-            self.stats.end(token)
+            self.stats.end(token, now)
 
     # -- I/O ---------------------------------------------------------------------------------
     async def read(self, offset: int, size: int) -> bytearray | memoryview:
@@ -149,7 +150,7 @@ class Device:
                 size = 0
                 return bytearray()
             size = min(size, end - offset)
-            token = self._begin(READS, offset, size)
+            token = self._begin(READS, offset, size, began)
             block = live.block
             if block > 1 and (offset % block or size % block):
                 return await _read_unaligned(live, offset, size)
@@ -170,7 +171,8 @@ class Device:
         Any offset works: a request that does not cover whole blocks of this device reads
         the blocks around it (a target above with a smaller unit, or metadata reads)."""
         live = await self._admit()
-        began, token = monotonic_ns(), self._begin(READS, offset, len(buf))
+        began = monotonic_ns()
+        token = self._begin(READS, offset, len(buf), began)
         try:
             if offset + len(buf) > live.size:
                 raise IOFailure(f"{self.name}: access beyond end of device")
@@ -201,7 +203,7 @@ class Device:
                     raise DmError(f"{self.name}: no space left on device", errno.ENOSPC)
                 data = data[: end - offset]
             counted = len(data)
-            token = self._begin(WRITES, offset, counted)
+            token = self._begin(WRITES, offset, counted, began)
             if live.block > 1:
                 await self._write_blocks(live, offset, data, fua)
             else:
@@ -251,7 +253,7 @@ class Device:
                 return
             counted = length
             kind = WRITES if zero_fill else DISCARDS  # as op_stat_group: write-zeroes writes
-            token = self._begin(kind, offset, length)
+            token = self._begin(kind, offset, length, began)
             if not zero_fill and not live.discards:
                 raise NotSupported(f"{self.name}: the table does not support discards")
             block = live.block

@@ -4,6 +4,7 @@ pure, then through the manager on a zero device."""
 from __future__ import annotations
 
 import errno
+from time import monotonic_ns as now
 
 import pytest
 
@@ -102,13 +103,13 @@ def test_accounting_splits_requests_over_areas() -> None:
     s = Stats()
     send(s, "@stats_create 0+100 30 1 histogram:10000")
     # a read of sectors 25..65 touches areas 0 (5), 1 (30) and 2 (5)
-    token = s.begin(READ, 25, 65)
+    token = s.begin(READ, 25, 65, now())
     during = (send(s, "@stats_print 0") or "").splitlines()
     assert [counts(line)[-2] for line in during] == ["1", "1", "1", "0"]  # in progress
-    s.end(token)
-    s.end(s.begin(READ, 65, 66))  # right after the previous read: merged
-    s.end(s.begin(WRITE, 66, 67))  # another direction: not merged
-    s.end(s.begin(WRITE, 95, 200))  # past the region's end: its part inside only
+    s.end(token, now())
+    s.end(s.begin(READ, 65, 66, now()), now())  # right after the previous read: merged
+    s.end(s.begin(WRITE, 66, 67, now()), now())  # another direction: not merged
+    s.end(s.begin(WRITE, 95, 200, now()), now())  # past the region's end: its part inside only
     lines = (send(s, "@stats_print 0") or "").splitlines()
     assert [counts(line) for line in lines] == [
         ["0+30", "1", "0", "5", "0", "0", "0", "0", "1:0"],
@@ -118,11 +119,23 @@ def test_accounting_splits_requests_over_areas() -> None:
     ]
 
 
+def test_busy_time_and_time_in_queue_as_dm_stat_round() -> None:
+    s = Stats()
+    send(s, "@stats_create - /1 1 precise_timestamps")  # times printed in ns as counted
+    first = s.begin(READ, 0, 8, 1000)
+    second = s.begin(WRITE, 8, 16, 1010)
+    s.end(first, 1020)
+    s.end(second, 1030)
+    words = (send(s, "@stats_print 0") or "").split()
+    # read ticks 20, write ticks 20, busy 1000..1030, queue 20 + 20, read busy 20, write 20
+    assert [words[i] for i in (4, 8, 10, 11, 12, 13)] == ["20", "20", "30", "40", "20", "20"]
+
+
 def test_print_ranges_and_print_clear() -> None:
     s = Stats()
     send(s, "@stats_create 0+40 10")
     for sector in (0, 10, 20, 30):
-        s.end(s.begin(WRITE, sector, sector + 1))
+        s.end(s.begin(WRITE, sector, sector + 1, now()), now())
     assert [ln.split()[0] for ln in (send(s, "@stats_print 0 1 2") or "").splitlines()] == [
         "10+10",
         "20+10",
@@ -141,16 +154,16 @@ def test_print_ranges_and_print_clear() -> None:
 def test_regions_created_or_deleted_mid_request() -> None:
     s = Stats()
     send(s, "@stats_create - /1")
-    token = s.begin(READ, 0, 8)
+    token = s.begin(READ, 0, 8, now())
     send(s, "@stats_create - /1")  # region 1 did not see the request begin
     send(s, "@stats_clear 0")  # clearing keeps the request in progress
     assert counts(send(s, "@stats_print 0") or "")[7] == "1"
-    s.end(token)
+    s.end(token, now())
     assert counts(send(s, "@stats_print 0") or "")[1:] == ["1", "0", "8", "0", "0", "0", "0"]
     assert counts(send(s, "@stats_print 1") or "")[1:] == ["0"] * 7
-    token = s.begin(READ, 0, 8)
+    token = s.begin(READ, 0, 8, now())
     send(s, "@stats_delete 0")
-    s.end(token)  # into a deleted region: harmless
+    s.end(token, now())  # into a deleted region: harmless
     assert counts(send(s, "@stats_print 1") or "")[1:3] == ["1", "0"]
 
 
