@@ -127,13 +127,13 @@ class Reports:
 
 
 def _io_totals(device: Device) -> dict[str, int]:
-    """The device's totals, as /sys/block/dm-N/stat counts them (times in ms)."""
+    """The device's totals, as /sys/block/dm-N/stat counts them (no times: see dmfuse.stats)."""
     t = device.totals
     out: dict[str, int] = {}
     for kind, base in (("read", READS), ("write", WRITES), ("discard", DISCARDS)):
         out[kind + "s"] = t[base]
-        out[kind + "_sectors"] = t[base + 1]
-        out[kind + "_ms"] = t[base + 2] // 1_000_000
+        out[kind + "_bytes"] = t[base + 1]
+        out[kind + "_sectors"] = t[base + 1] // 512
     out["in_flight"] = device.inflight
     return out
 
