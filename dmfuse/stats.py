@@ -35,9 +35,13 @@ kernel's ``dm_stats_last_position``.  Flushes carry no sectors and are not count
 Cost: while a device has no region its requests pay one attribute test (and two additions for
 the device totals ``info --json`` shows: requests and bytes of reads, writes and discards, no
 times: those would need two clock reads a request).  With a region, each request pays two
-clock reads and the per-area updates of :meth:`Stats.begin` and :meth:`Stats.end`, about 3-4
-µs of Python on the loaded 2-vCPU test machine: measurable at 4k QD16 (``bench/RESULTS.md``,
-section "dm-stats"), where a request costs the daemon 15-30 µs in all.
+clock reads, a note at admission (:meth:`Stats.begin`: the "merged" test, the request put in
+``pending``) and the per-area updates at completion (:meth:`Stats.end`; busy time and time in
+queue are charged there as the union and the sum of the requests' spans, which is what the
+kernel's per-event dm_stat_round adds up to; requests in flight count in "in progress" and
+their time so far at print), about 3 µs of Python on the loaded 2-vCPU test machine:
+measurable at 4k QD16 (``bench/RESULTS.md``, section "dm-stats"), where a request costs the
+daemon 18-40 µs in all.
 
 Differences from the kernel:
 
@@ -61,6 +65,7 @@ from __future__ import annotations
 import errno
 import time
 from bisect import bisect_right
+from collections.abc import Iterable
 
 from dmfuse.errors import DmError
 
@@ -71,8 +76,10 @@ U64 = (1 << 64) - 1
 
 # per-area counter slots: 4 per direction (READ = 0, WRITE = 4) then the shared ones
 IOS, MERGES, SECTORS, TICKS = 0, 1, 2, 3
-IN_FLIGHT = 8  # + direction // 4
-IO_TICKS_TOTAL, TIME_IN_QUEUE, IO_TICKS_READ, IO_TICKS_WRITE, STAMP = 10, 11, 12, 13, 14
+BUSY_END = 8  # + direction // 4: the end of the last request counted, by direction
+IO_TICKS_TOTAL, TIME_IN_QUEUE, IO_TICKS_READ, IO_TICKS_WRITE = 10, 11, 12, 13
+BUSY_END_ANY, CLEARED = 14, 15  # the same for both directions; when last cleared
+AREA_SLOTS = 16
 READ, WRITE = 0, 4
 # the columns of @stats_print, as ``dmfuse stats --json`` names them
 COUNTER_NAMES = (
@@ -136,11 +143,10 @@ class Region:
         self.areas: dict[int, list[int]] = {}
         self.histograms: dict[int, list[int]] = {}
 
-    def area(self, index: int, now: int) -> list[int]:
+    def area(self, index: int) -> list[int]:
         counters = self.areas.get(index)
         if counters is None:
-            counters = self.areas[index] = [0] * 15
-            counters[STAMP] = now
+            counters = self.areas[index] = [0] * AREA_SLOTS
             if self.boundaries:
                 self.histograms[index] = [0] * (len(self.boundaries) + 1)
         return counters
@@ -156,12 +162,21 @@ class Region:
             line += " histogram:" + ",".join(map(str, self.boundaries))
         return line + "\n"
 
-    def counters(self, index: int, now: int) -> tuple[list[int], list[int]]:
-        """Area ``index``'s 13 printed counters (times in the region's unit) and histogram."""
-        c = self.areas.get(index)
-        if c is None:
-            return [0] * 13, [0] * (len(self.boundaries) + 1) if self.boundaries else []
-        _round(c, now)
+    def counters(
+        self, index: int, now: int, pending: Iterable[Token] = ()
+    ) -> tuple[list[int], list[int]]:
+        """Area ``index``'s 13 printed counters (times in the region's unit) and histogram;
+        ``pending``: the requests in flight (their time so far counts, as dm_stat_round's)."""
+        c = self.areas.get(index) or [0] * AREA_SLOTS
+        c = list(c)
+        start = self.start + index * self.step
+        stop = min(start + self.step, self.end)
+        in_progress = 0
+        for direction, sector, end_sector, began, _merged, regions in pending:
+            if self not in regions or end_sector <= start or sector >= stop:
+                continue
+            in_progress += 1
+            _busy(c, direction, began, now)
         scale = 1 if self.precise else 1_000_000
         values = [
             c[IOS],
@@ -172,18 +187,22 @@ class Region:
             c[WRITE + MERGES],
             c[WRITE + SECTORS],
             c[WRITE + TICKS] // scale,
-            c[IN_FLIGHT] + c[IN_FLIGHT + 1],
+            in_progress,
             c[IO_TICKS_TOTAL] // scale,
             c[TIME_IN_QUEUE] // scale,
             c[IO_TICKS_READ] // scale,
             c[IO_TICKS_WRITE] // scale,
         ]
-        return values, list(self.histograms.get(index, ()))
+        hist = self.histograms.get(index)
+        return values, list(hist) if hist else [0] * (
+            len(self.boundaries) + 1
+        ) if self.boundaries else []
 
-    def print_lines(self, first: int, stop: int, now: int) -> str:
+    def print_lines(self, first: int, stop: int, now: int, pending: Iterable[Token]) -> str:
         out = []
+        pending = list(pending)
         for index in range(first, stop):
-            values, hist = self.counters(index, now)
+            values, hist = self.counters(index, now, pending)
             line = f"{self.start + index * self.step}+{self.step} " + " ".join(map(str, values))
             if self.boundaries:
                 line += " " + ":".join(map(str, hist))
@@ -191,37 +210,41 @@ class Region:
         return "".join(out)
 
     def clear(self, first: int, stop: int, now: int) -> None:
-        """Zero the counters of areas ``[first, stop)``; requests in flight stay counted."""
+        """Zero the counters of areas ``[first, stop)``; requests in flight stay counted
+        (from now on: their busy time before the clear is gone, as in the kernel)."""
         for index in range(first, stop):
             c = self.areas.get(index)
             if c is None:
                 continue
-            if c[IN_FLIGHT] or c[IN_FLIGHT + 1]:
-                _round(c, now)
-                c[0:8] = [0] * 8
-                c[IO_TICKS_TOTAL : IO_TICKS_WRITE + 1] = [0, 0, 0, 0]
-                hist = self.histograms.get(index)
-                if hist is not None:
-                    hist[:] = [0] * len(hist)
-            else:
-                del self.areas[index]
-                self.histograms.pop(index, None)
+            c[0:8] = [0] * 8
+            c[IO_TICKS_TOTAL : IO_TICKS_WRITE + 1] = [0, 0, 0, 0]
+            c[BUSY_END] = max(c[BUSY_END], now)
+            c[BUSY_END + 1] = max(c[BUSY_END + 1], now)
+            c[BUSY_END_ANY] = max(c[BUSY_END_ANY], now)
+            c[CLEARED] = now
+            hist = self.histograms.get(index)
+            if hist is not None:
+                hist[:] = [0] * len(hist)
 
 
-def _round(c: list[int], now: int) -> None:
-    """dm_stat_round: charge the time since the last event to the busy counters."""
-    difference = now - c[STAMP]
-    if difference <= 0:
-        return
-    reading, writing = c[IN_FLIGHT], c[IN_FLIGHT + 1]
-    if reading:
-        c[IO_TICKS_READ] += difference
-    if writing:
-        c[IO_TICKS_WRITE] += difference
-    if reading or writing:
-        c[IO_TICKS_TOTAL] += difference
-        c[TIME_IN_QUEUE] += (reading + writing) * difference
-    c[STAMP] = now
+def _busy(c: list[int], direction: int, began: int, now: int) -> None:
+    """Charge a request busy from ``began`` to ``now`` to the busy-time counters.
+
+    The kernel's dm_stat_round adds the time between events while requests are in flight;
+    requests are charged here as they end (``now`` never goes back), which adds up to the
+    same: busy time is the union of the requests' spans (each adds what lies past the end of
+    the last one counted), time in queue the sum of the spans (since the last clear)."""
+    last = c[BUSY_END_ANY]
+    if now > last:
+        c[IO_TICKS_TOTAL] += now - (began if began > last else last)
+        c[BUSY_END_ANY] = now
+    slot = BUSY_END + (direction >> 2)
+    last = c[slot]
+    if now > last:
+        c[IO_TICKS_READ + (direction >> 2)] += now - (began if began > last else last)
+        c[slot] = now
+    cleared = c[CLEARED]
+    c[TIME_IN_QUEUE] += now - (began if began > cleared else cleared)
 
 
 # A request being accounted: (direction, sector, end sector, start ns, merged, regions).
@@ -234,50 +257,29 @@ class Stats:
     def __init__(self) -> None:
         # Replaced, never changed in place: a request ends in the regions it began in.
         self.regions: tuple[Region, ...] = ()
+        self.pending: dict[int, Token] = {}  # requests in flight, by id() of their token
         self._last_sector = U64
         self._last_direction = -1
 
     # -- accounting (only called while regions exist) ---------------------------------------
-    # The two methods below run twice per request while regions exist: dm_stat_round is
-    # written out in them and the usual one-area case takes no range (measured: ~2x faster).
+    # The two methods below run once per request each while regions exist: admission only
+    # takes note, completion charges the areas (measured: the cheapest split in Python).
     def begin(self, direction: int, sector: int, end_sector: int, now: int) -> Token:
         """A request of ``[sector, end_sector)`` admitted at ``now`` (monotonic ns)."""
         merged = int(sector == self._last_sector and direction == self._last_direction)
         self._last_sector = end_sector
         self._last_direction = direction
-        regions = self.regions
-        flight = IN_FLIGHT + (direction >> 2)
-        for region in regions:
-            start = region.start
-            if end_sector <= start or sector >= region.end:
-                continue
-            step = region.step
-            first = (sector - start) // step if sector > start else 0
-            last = (min(end_sector, region.end) - 1 - start) // step
-            areas = region.areas
-            index = first
-            while index <= last:
-                c = areas.get(index) or region.area(index, now)
-                busy = c[8] + c[9]
-                if busy:
-                    difference = now - c[14]
-                    if c[8]:
-                        c[12] += difference
-                    if c[9]:
-                        c[13] += difference
-                    c[10] += difference
-                    c[11] += busy * difference
-                c[14] = now
-                c[flight] += 1
-                index += 1
-        return direction, sector, end_sector, now, merged, regions
+        token = (direction, sector, end_sector, now, merged, self.regions)
+        self.pending[id(token)] = token
+        return token
 
     def end(self, token: Token, now: int) -> None:
         """The request of ``token`` done at ``now``."""
+        del self.pending[id(token)]
         direction, sector, end_sector, began, merged, regions = token
         duration = now - began
-        flight = IN_FLIGHT + (direction >> 2)
         ios, merges, sectors, ticks = direction, direction + 1, direction + 2, direction + 3
+        busy_end, io_ticks = BUSY_END + (direction >> 2), IO_TICKS_READ + (direction >> 2)
         for region in regions:
             start = region.start
             if end_sector <= start or sector >= region.end:
@@ -288,19 +290,7 @@ class Stats:
             areas = region.areas
             index = first
             while index <= last:
-                c = areas.get(index) or region.area(index, now)
-                busy = c[8] + c[9]
-                if busy:  # always, unless a clear or a create raced the request
-                    difference = now - c[14]
-                    if c[8]:
-                        c[12] += difference
-                    if c[9]:
-                        c[13] += difference
-                    c[10] += difference
-                    c[11] += busy * difference
-                    if c[flight]:
-                        c[flight] -= 1
-                c[14] = now
+                c = areas.get(index) or region.area(index)
                 if first == last:
                     c[sectors] += min(end_sector, stop) - max(sector, start)
                 else:
@@ -309,6 +299,17 @@ class Stats:
                 c[ios] += 1
                 c[merges] += merged
                 c[ticks] += duration
+                # _busy(c, direction, began, now), written out
+                seen = c[14]
+                if now > seen:
+                    c[10] += now - (began if began > seen else seen)
+                    c[14] = now
+                seen = c[busy_end]
+                if now > seen:
+                    c[io_ticks] += now - (began if began > seen else seen)
+                    c[busy_end] = now
+                cleared = c[15]
+                c[11] += now - (began if began > cleared else cleared)
                 if region.boundaries:
                     unit = duration if region.precise else duration // 1_000_000
                     region.histograms[index][bisect_right(region.boundaries, unit)] += 1
@@ -339,7 +340,7 @@ class Stats:
         for region in self.regions:
             areas = []
             for index in range(region.n_areas):
-                values, hist = region.counters(index, now)
+                values, hist = region.counters(index, now, self.pending.values())
                 start = region.start + index * region.step
                 length = min(region.step, region.end - start)
                 area: dict[str, object] = {"start": start, "length": length}

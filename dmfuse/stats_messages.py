@@ -83,7 +83,7 @@ def _print(stats: Stats, argv: list[str], *, clear: bool) -> str:
         stop = region.n_areas
     first = min(first, stop)
     now = time.monotonic_ns()
-    text = region.print_lines(first, stop, now)
+    text = region.print_lines(first, stop, now, stats.pending.values())
     if clear:
         region.clear(first, stop, now)
     return text
