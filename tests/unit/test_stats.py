@@ -193,3 +193,14 @@ async def test_manager_routes_stats_messages_and_counts_io() -> None:
     await m.resume("z")
     assert await m.message("z", 0, "@stats_list") == "0: 0+64 32 - -\n"
     assert m.stats("z")[0]["regions"][0]["areas"][1]["writes"] == 2
+
+
+def test_area_limits() -> None:
+    s = Stats()
+    assert send(s, "@stats_create 0+65536 1", 65536) == "0"  # the most areas a region has
+    assert errno_of(s, "@stats_create 0+65537 1") == errno.ENOMEM
+    for _ in range(3):
+        send(s, "@stats_create 0+65536 1", 65536)
+    assert errno_of(s, "@stats_create 0+1 1") == errno.ENOMEM  # 262,144 on the device
+    assert send(s, "@stats_delete 0") is None
+    assert send(s, "@stats_create 0+1 1") == "0"
