@@ -26,7 +26,12 @@ WORKLOADS = {
 }
 ENGINES = {"psync": "psync QD1", "libaio": "libaio QD16"}
 # (numerator, denominator) peer pairs that get a ratio column when either side was requested.
-RATIOS = [("dmfuse", "qsd"), ("dmfuse+loop", "qsd+loop"), ("dmfuse-direct", "qsd-direct")]
+RATIOS = [
+    ("dmfuse", "qsd"),
+    ("dmfuse+loop", "qsd+loop"),
+    ("dmfuse-direct", "qsd-direct"),
+    ("dmfuse-stats", "dmfuse"),
+]
 
 
 @dataclass(frozen=True)

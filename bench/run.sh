@@ -4,6 +4,7 @@
 #
 #   PEERS="raw qsd dmfuse" BENCH_SIZE=1G BENCH_RUNTIME=15 bench/run.sh
 #   PEERS="raw qsd-direct dmfuse-direct" BENCH_CACHE=drop bench/run.sh   # bypass mode
+#   PEERS="dmfuse dmfuse-stats" ...   # dmfuse-stats: a dm-stats region over the whole device
 #
 # Everything it creates lives in bench/work/ (gitignored); the report goes to bench/RESULTS.md.
 set -euo pipefail
@@ -212,7 +213,7 @@ peer_up() {
         PEER_INFO[$peer]="$("$QSD" --version | sed -n 1p); $cache; iothread=$BENCH_QSD_IOTHREAD"
         PEER_INFO[$peer]+="; mount: $(findmnt -rn -o OPTIONS --mountpoint "$mp")"
         TARGET="$mp" ;;
-    dmfuse|dmfuse-direct)
+    dmfuse|dmfuse-direct|dmfuse-stats)
         if [[ ! -x "$DMFUSE" ]]; then
             SKIP_REASON="$DMFUSE not found (pip install -e . in the venv, or set DMFUSE=)"
             return 1
@@ -238,18 +239,24 @@ peer_up() {
         fi
         for i in $(seq 100); do [[ -e "$mp/lin" ]] && break; sleep 0.1; done
         [[ -e "$mp/lin" ]] || { SKIP_REASON="dmfuse mounted but $mp/lin never appeared"; return 1; }
+        if [[ "$peer" == dmfuse-stats ]] \
+            && ! out="$("$DMFUSE" -m "$mp" message lin 0 @stats_create - /1 2>&1)"; then
+            SKIP_REASON="dmfuse @stats_create failed: $out"
+            return 1
+        fi
         PEER_INFO[$peer]="$("$DMFUSE" --version 2>&1 | sed -n 1p)${opts[*]:+; ${opts[*]}}"
+        [[ "$peer" == dmfuse-stats ]] && PEER_INFO[$peer]+="; dm-stats region - /1"
         PEER_INFO[$peer]+="; mount: $(findmnt -rn -o OPTIONS --mountpoint "$mp")"
         TARGET="$mp/lin" ;;
     *)
-        die "unknown peer '$peer' (known: raw rawbuf qsd dmfuse qsd-direct dmfuse-direct)" ;;
+        die "unknown peer '$peer' (known: raw rawbuf qsd dmfuse qsd-direct dmfuse-direct dmfuse-stats)" ;;
     esac
 }
 
 peer_abort() {   # undo whatever a failed peer_up left behind
     case "$1" in
     qsd|qsd-direct) stop_qsd "$BENCH_WORK/$1.pid" "$MNT/$1.img" ;;
-    dmfuse|dmfuse-direct) stop_dmfuse "$MNT/$1" ;;
+    dmfuse|dmfuse-direct|dmfuse-stats) stop_dmfuse "$MNT/$1" ;;
     esac
 }
 

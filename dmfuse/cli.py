@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dmfuse import __version__, output
+from dmfuse import __version__, output, stats_report
 from dmfuse.cli_mount import mount_command, umount_command
 from dmfuse.control.client import find_socket, request
 from dmfuse.errors import DmError
@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         default="devno",
         help="how to name block devices (files print as paths)",
     )
+    st = sub.add_parser("stats", help="dm-stats regions, area by area (dmstats report)")
+    _by_name_or_uuid(st, required=False)
+    st.add_argument("--list", action="store_true", help="one row per region (dmstats list)")
     w = sub.add_parser("wait")
     w.add_argument("name")
     w.add_argument("event_nr", nargs="?", default="0")
@@ -247,6 +250,9 @@ def _device_command(args: argparse.Namespace) -> None:
     elif cmd == "targets":
         res = request(sock, "targets", {})
         _emit(args, res, output.targets(res))
+    elif cmd == "stats":
+        res = request(sock, "stats", {"name": args.name})
+        _emit(args, res, (stats_report.region_list if args.list else stats_report.report)(res))
     elif cmd == "version":
         res = request(sock, "version", {})
         _emit(args, res, output.version(res))

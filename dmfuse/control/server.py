@@ -100,6 +100,7 @@ COMMANDS: dict[str, Handler] = {
     ),
     "deps": _now(lambda m, a: m.deps(a.get("name"))),
     "ls": _now(lambda m, a: m.ls(a.get("target"))),
+    "stats": _now(lambda m, a: m.stats(a.get("name"))),
     "targets": _now(lambda m, a: m.targets()),
     "version": _now(lambda m, a: m.version()),
 }

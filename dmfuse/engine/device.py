@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
+from time import monotonic_ns
 
 import trio
 
@@ -27,8 +28,13 @@ from dmfuse.engine.loaded import LoadedTable
 from dmfuse.engine.rangelock import RangeLocks
 from dmfuse.errors import DmError, InvalidArgument, IOFailure, NotSupported, ReadOnlyDevice
 from dmfuse.lifecycle import DeviceState, Plan, plan_resume, plan_suspend
+from dmfuse.stats import READ, WRITE, Stats, Token
 
 log = logging.getLogger(__name__)
+
+
+# Device.totals slots: requests and bytes of each kind
+READS, WRITES, DISCARDS = 0, 2, 4
 
 
 class Device:
@@ -57,6 +63,10 @@ class Device:
         self.suspend_lock = trio.Lock()
         self.table_lock = trio.Lock()
         self.on_resize: Callable[[Device], None] = lambda device: None
+        # dm-stats regions (the device's, not a table's: they survive swaps) and the totals
+        # of /sys/block/dm-N/stat: requests and bytes of reads, writes and discards
+        self.stats = Stats()
+        self.totals = [0] * 6
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -110,15 +120,39 @@ class Device:
         if not self.inflight and self._idle is not None:
             self._idle.set()
 
+    def _begin(self, kind: int, offset: int, size: int) -> Token | None:
+        """dm-stats accounting of an admitted request (called only while a region exists)."""
+        if size <= 0:
+            return None
+        direction = READ if kind == READS else WRITE  # bio_data_dir: a discard writes
+        return self.stats.begin(direction, offset >> 9, (offset + size + 511) >> 9, monotonic_ns())
+
+    def _finish(self, kind: int, size: int, token: Token | None) -> None:
+        """:meth:`_done` for a read, write or discard: the device totals (two additions,
+        no clock: nothing more while no region exists) and its dm-stats regions."""
+        self.inflight -= 1
+        if not self.inflight and self._idle is not None:
+            self._idle.set()
+        if size > 0:
+            totals = self.totals
+            totals[kind] += 1
+            totals[kind + 1] += size
+        if token is not None:
+            self.stats.end(token, monotonic_ns())
+
     # -- I/O ---------------------------------------------------------------------------------
     async def read(self, offset: int, size: int) -> bytearray | memoryview:
         """Read up to ``size`` bytes; a read at or past the end returns fewer (EOF, like a file)."""
         live = await self._admit()
+        token = None
         try:
             end = live.size
             if offset >= end or size <= 0:
+                size = 0
                 return bytearray()
             size = min(size, end - offset)
+            if self.stats.regions:
+                token = self._begin(READS, offset, size)
             block = live.block
             if block > 1 and (offset % block or size % block):
                 return await _read_unaligned(live, offset, size)
@@ -130,7 +164,7 @@ class Device:
             await live.read(offset, memoryview(buf))
             return buf
         finally:
-            self._done()
+            self._finish(READS, size, token)
 
     async def read_into(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` exactly (used by stacked devices: short is an error, as for a disk).
@@ -138,6 +172,7 @@ class Device:
         Any offset works: a request that does not cover whole blocks of this device reads
         the blocks around it (a target above with a smaller unit, or metadata reads)."""
         live = await self._admit()
+        token = self._begin(READS, offset, len(buf)) if self.stats.regions else None
         try:
             if offset + len(buf) > live.size:
                 raise IOFailure(f"{self.name}: access beyond end of device")
@@ -147,7 +182,7 @@ class Device:
             else:
                 await live.read(offset, buf)
         finally:
-            self._done()
+            self._finish(READS, len(buf), token)
 
     async def write(
         self, offset: int, data: memoryview, *, exact: bool = False, fua: bool = False
@@ -155,6 +190,7 @@ class Device:
         """Write ``data``; past the end it is cut short, at the end it is ENOSPC (a disk).
         ``fua``: a FUA write (REQ_FUA), durable when this returns."""
         live = await self._admit()
+        token, counted = None, 0
         try:
             if live.readonly:
                 raise ReadOnlyDevice(f"{self.name}: device is read-only")
@@ -165,13 +201,16 @@ class Device:
                 if offset >= end:
                     raise DmError(f"{self.name}: no space left on device", errno.ENOSPC)
                 data = data[: end - offset]
+            counted = len(data)
+            if self.stats.regions:
+                token = self._begin(WRITES, offset, counted)
             if live.block > 1:
                 await self._write_blocks(live, offset, data, fua)
             else:
                 await live.write(offset, data, fua)
             return len(data)
         finally:
-            self._done()
+            self._finish(WRITES, counted, token)
 
     async def _write_blocks(
         self, live: LoadedTable, offset: int, data: memoryview, fua: bool = False
@@ -203,6 +242,7 @@ class Device:
     async def discard(self, offset: int, length: int, *, zero_fill: bool = False) -> None:
         """Punch-hole (``zero_fill=False``) or zero-range; the range must lie inside the device."""
         live = await self._admit()
+        token, counted = None, 0
         try:
             if live.readonly:
                 raise ReadOnlyDevice(f"{self.name}: device is read-only")
@@ -210,6 +250,10 @@ class Device:
                 raise InvalidArgument(f"{self.name}: range beyond end of device")
             if length == 0:
                 return
+            counted = length
+            kind = WRITES if zero_fill else DISCARDS  # as op_stat_group: write-zeroes writes
+            if self.stats.regions:
+                token = self._begin(kind, offset, length)
             if not zero_fill and not live.discards:
                 raise NotSupported(f"{self.name}: the table does not support discards")
             block = live.block
@@ -224,7 +268,7 @@ class Device:
             else:
                 await live.discard(offset, length)
         finally:
-            self._done()
+            self._finish(WRITES if zero_fill else DISCARDS, counted, token)
 
     async def seek(self, offset: int, *, hole: bool, end: int | None = None) -> tuple[int, int]:
         """lseek SEEK_DATA (``hole=False``) or SEEK_HOLE on the live table: ``(found, size)``.

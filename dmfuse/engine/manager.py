@@ -29,6 +29,7 @@ from dmfuse.lifecycle import (
     plan_set_uuid,
 )
 from dmfuse.mount_options import DEFAULT_CACHE, check_cache_policy
+from dmfuse.stats_messages import message as stats_message
 from dmfuse.table import SECTOR_SIZE, has_targets, parse_table, split_args
 from dmfuse.target import Target, lookup
 
@@ -327,8 +328,11 @@ class Manager(Reports):
         if not argv:
             self.get(name)
             raise InvalidArgument("empty message")
+        if argv[0][:1] == "@" and argv[0].lower() != "@cancel_deferred_remove":
+            # dm core's (message_for_md): a device with or without a table, no lock taken
+            return stats_message(self.get(name).stats, argv, self.get(name).size // SECTOR_SIZE)
         async with self._locked(name) as device:
-            if argv[0] == "@cancel_deferred_remove":  # handled by dm core, not a target
+            if argv[0].lower() == "@cancel_deferred_remove":  # dm core's too
                 if len(argv) != 1:
                     raise InvalidArgument("Invalid arguments for @cancel_deferred_remove")
                 device.deferred_remove = False

@@ -9,7 +9,7 @@ from typing import Any
 
 from dmfuse import __version__
 from dmfuse.backends.mapped import MAPPED_MAJOR
-from dmfuse.engine.device import Device
+from dmfuse.engine.device import DISCARDS, READS, WRITES, Device
 from dmfuse.errors import NoSuchDevice
 from dmfuse.target import registered
 
@@ -54,6 +54,7 @@ class Reports:
             "size": device.size,
             "logical_block_size": device.logical_block_size,
             "cache": self.cache_policy(device),
+            "io": _io_totals(device),
         }
 
     def _selected(self, name: str | None) -> list[Device]:
@@ -63,6 +64,13 @@ class Reports:
 
     def info(self, name: str | None = None) -> list[dict[str, Any]]:
         return [self._info(d) for d in self._selected(name)]
+
+    def stats(self, name: str | None = None) -> list[dict[str, Any]]:
+        """``dmfuse stats``: every dm-stats region of the devices, area by area."""
+        return [
+            {"name": d.name, "regions": d.stats.summary(), "io": _io_totals(d)}
+            for d in self._selected(name)
+        ]
 
     def table(
         self,
@@ -116,6 +124,18 @@ class Reports:
     @staticmethod
     def version() -> dict[str, str]:
         return {"library": f"dmfuse {__version__}", "driver": DRIVER_VERSION}
+
+
+def _io_totals(device: Device) -> dict[str, int]:
+    """The device's totals, as /sys/block/dm-N/stat counts them (no times: see dmfuse.stats)."""
+    t = device.totals
+    out: dict[str, int] = {}
+    for kind, base in (("read", READS), ("write", WRITES), ("discard", DISCARDS)):
+        out[kind + "s"] = t[base]
+        out[kind + "_bytes"] = t[base + 1]
+        out[kind + "_sectors"] = t[base + 1] // 512
+    out["in_flight"] = device.inflight
+    return out
 
 
 def _only(lines: list[str], target: str | None) -> list[str]:
