@@ -20,7 +20,6 @@ a second mount of the same directory would bring up the same devices over the sa
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import stat
@@ -28,8 +27,9 @@ from collections.abc import Sequence
 
 import attrs
 
+from dmfuse.backends.claim import lock_or_busy
 from dmfuse.control.protocol import MAX_MESSAGE, too_large
-from dmfuse.errors import DeviceBusy, TableError
+from dmfuse.errors import TableError
 
 SUFFIX = ".table"
 _HEADER = "# dmfuse:"
@@ -134,13 +134,7 @@ class TableDir:
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise TableError(f"table directory {self.path}: {exc.strerror}", exc.errno) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DeviceBusy(
-                f"table directory {self.path} is in use by another dmfuse mount"
-            ) from None
+        lock_or_busy(fd, f"table directory {self.path}")
         return fd
 
     def save(

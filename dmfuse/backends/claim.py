@@ -32,6 +32,16 @@ _claims: dict[tuple[int, int], _Claim] = {}  # (st_dev, st_ino) -> its lock
 _claim_of: dict[int, tuple[int, int]] = {}  # id(backend) -> the key above
 
 
+def lock_or_busy(fd: int, what: str) -> None:
+    """An exclusive, non-blocking ``flock`` on ``fd`` for this process; if another process
+    holds one, close ``fd`` and raise :class:`DeviceBusy` naming ``what``."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DeviceBusy(f"{what} is in use by another dmfuse mount") from None
+
+
 def claim_exclusive(backend: Backend, what: str) -> None:
     """Make ``backend``'s file this process's alone, or raise :class:`DeviceBusy` (EBUSY)."""
     if not isinstance(backend, FileBackend) or id(backend) in _claim_of:
@@ -41,13 +51,7 @@ def claim_exclusive(backend: Backend, what: str) -> None:
     claim = _claims.get(key)
     if claim is None:
         fd = os.open(f"/proc/self/fd/{backend.fd}", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DeviceBusy(
-                f"{what} {backend.display} is in use by another dmfuse mount"
-            ) from None
+        lock_or_busy(fd, f"{what} {backend.display}")
         claim = _claims[key] = _Claim(fd)
     claim.holders.add(id(backend))
     _claim_of[id(backend)] = key
