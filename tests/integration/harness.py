@@ -113,6 +113,20 @@ class Mount:
         run("umount", str(where))
         self._fsmounts.remove(str(where))
 
+    def ext4_round_trip(self, loop: str, where: Path, size: int = 5 << 20) -> None:
+        """mkfs.ext4 on ``loop``, fsck, write a file of random bytes, fsck again after the
+        unmount, and read the file back through a fresh mount: the same bytes."""
+        run("mkfs.ext4", "-q", "-F", loop)
+        run("e2fsck", "-fn", loop)
+        self.mount_fs(loop, where)
+        payload = os.urandom(size)
+        (where / "f").write_bytes(payload)
+        self.umount_fs(where)
+        run("e2fsck", "-fn", loop)
+        self.mount_fs(loop, where)
+        assert (where / "f").read_bytes() == payload
+        self.umount_fs(where)
+
     def daemon_pid(self) -> int | None:
         try:
             return int(Path(self._pid_file or pid_path(str(self.mnt))).read_text())

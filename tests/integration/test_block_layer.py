@@ -28,17 +28,7 @@ def test_mkfs_and_fsck_on_striped_device(mnt: Mount, tmp_path: Path) -> None:
     mnt.table("st", "0 262144 striped 2 128 c.img 0 d.img 0")
     mnt.mount()
     loop = mnt.losetup("st")
-    run("mkfs.ext4", "-q", "-F", loop)
-    run("e2fsck", "-fn", loop)
-    fs = tmp_path / "fs"
-    mnt.mount_fs(loop, fs)
-    payload = os.urandom(5 * MiB)
-    (fs / "f").write_bytes(payload)
-    mnt.umount_fs(fs)
-    run("e2fsck", "-fn", loop)
-    mnt.mount_fs(loop, fs)
-    assert (fs / "f").read_bytes() == payload
-    mnt.umount_fs(fs)
+    mnt.ext4_round_trip(loop, tmp_path / "fs")
     mnt.detach(loop)
 
 

@@ -160,17 +160,7 @@ def test_fio_verify_and_mkfs_fsck_through_loop(mnt: Mount, tmp_path: Path) -> No
     job = json.loads(proc.stdout)["jobs"][0]
     assert job["error"] == 0 and job["write"]["io_bytes"] >= 32 * MiB
     loop = mnt.losetup("d")
-    run("mkfs.ext4", "-q", "-F", loop)
-    run("e2fsck", "-fn", loop)
-    fs = tmp_path / "fs"
-    mnt.mount_fs(loop, fs)
-    payload = os.urandom(5 * MiB)
-    (fs / "f").write_bytes(payload)
-    mnt.umount_fs(fs)
-    run("e2fsck", "-fn", loop)
-    mnt.mount_fs(loop, fs)
-    assert (fs / "f").read_bytes() == payload
-    mnt.umount_fs(fs)
+    mnt.ext4_round_trip(loop, tmp_path / "fs")
     mnt.detach(loop)
     assert cached_pages(img) == 0
 

@@ -12,6 +12,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from dmfuse.engine.device import Device
 from dmfuse.engine.manager import Manager
 from tests.conftest import pattern
 
@@ -32,14 +33,18 @@ def yield_in_presuspend(m: Manager, name: str) -> None:
     target.presuspend = presuspend  # type: ignore[method-assign]
 
 
+async def linear_yielding_in_presuspend(make_file: Callable[..., str]) -> tuple[Manager, Device]:
+    """A manager with one linear device ``d`` whose presuspend yields."""
+    m = Manager()
+    await m.create("d", f"0 2048 linear {make_file('a.img', MiB)} 0")
+    yield_in_presuspend(m, "d")
+    return m, m.get("d")
+
+
 async def test_two_suspends_then_resume_let_every_held_reader_finish(
     make_file: Callable[..., str],
 ) -> None:
-    a = make_file("a.img", MiB)
-    m = Manager()
-    await m.create("d", f"0 2048 linear {a} 0")
-    yield_in_presuspend(m, "d")
-    dev = m.get("d")
+    m, dev = await linear_yielding_in_presuspend(make_file)
     got: list[bytes] = []
 
     async def reader() -> None:
@@ -62,11 +67,7 @@ async def test_two_suspends_then_resume_let_every_held_reader_finish(
 async def test_suspend_storm_with_readers_never_strands_a_request(
     make_file: Callable[..., str],
 ) -> None:
-    a = make_file("a.img", MiB)
-    m = Manager()
-    await m.create("d", f"0 2048 linear {a} 0")
-    yield_in_presuspend(m, "d")
-    dev = m.get("d")
+    m, dev = await linear_yielding_in_presuspend(make_file)
     reads = [0] * 4
 
     async def reader(i: int, stop: trio.Event) -> None:
