@@ -12,7 +12,7 @@
 # psync QD1 and libaio QD16 reads then writes; prints MiB/s and the load average per job.
 # Everything lives in bench/work/crypt/ (gitignored); mount and daemon are removed on exit.
 #
-# Last runs (2026-11-29, 2 shared CPUs; dmfuse._openssl: OpenSSL per unit in C, reading and
+# Last runs (2026-11-29, 2 shared CPUs; dmfuse.openssl.loops: OpenSSL per unit in C, reading and
 # writing the backing file piece by piece on both cores; worker thread for overlapping
 # requests), MiB/s, crypt / linear in brackets:
 #   device      read QD1      read QD16     write QD1     write QD16

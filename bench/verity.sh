@@ -16,9 +16,9 @@
 #   once  psync QD1 3114-3149 MB/s   libaio QD16 3476-3661 MB/s   -> 0.99x / 0.96x
 # (07:40 UTC, before overlapping reads went to the worker thread: ver QD1 1401-1645, QD16
 # 1314-1325 MB/s.)
-# (before dmfuse._openssl, load 2-4: verity 950-964 / 929-990 MB/s, 0.27x / 0.29x.)
+# (before dmfuse.openssl.loops, load 2-4: verity 950-964 / 929-990 MB/s, 0.27x / 0.29x.)
 # verity is bound by sha256 (SHA-NI, ~0.6 ms per MiB in 4K blocks on one core, shared by both
-# cores); see the man page in dmfuse/targets/verity.py for why 0.7x of linear is out of reach.
+# cores); see the man page in dmfuse/targets/verity/ for why 0.7x of linear is out of reach.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"

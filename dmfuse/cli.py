@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("event_nr", nargs="?", default="0")
     sub.add_parser("targets")
     sub.add_parser("version")
-    # Parsed by dmfuse.replay_log itself (main() hands it the words); listed here for --help.
+    # Parsed by dmfuse.targets.log_writes.replay itself (main() hands it the words);
+    # listed here for --help.
     rl = sub.add_parser("replay-log", add_help=False, help="replay a log-writes log (no daemon)")
     rl.add_argument("words", nargs=argparse.REMAINDER)
     return p
@@ -259,7 +260,7 @@ def _device_command(args: argparse.Namespace) -> None:
 
 
 def _watch_merge(sock: str, args: argparse.Namespace) -> None:
-    from dmfuse.snapshot import progress
+    from dmfuse.targets.snapshot import progress
 
     if args.name is None:
         raise DmError("--watch needs a device name")
@@ -288,7 +289,7 @@ def _watch_merge(sock: str, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["replay-log"]:  # an offline tool: no mount, its own options
-        from dmfuse.replay_log import main as replay_log
+        from dmfuse.targets.log_writes.replay import main as replay_log
 
         return replay_log(words[1:])
     args = _parser().parse_args(argv)

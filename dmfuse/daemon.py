@@ -23,13 +23,14 @@ from typing import Any
 import pyfuse3
 import trio
 
-from dmfuse import mounts, offload
+from dmfuse import mounts
 from dmfuse.control.protocol import pid_path, socket_path
 from dmfuse.control.server import ControlServer
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError, TableError
 from dmfuse.fuse import DeviceFiles, waiting_requests_probe
 from dmfuse.mount_options import DEFAULT_CACHE
+from dmfuse.openssl import offload
 from dmfuse.tabledir import TableDir, bring_up_order
 
 log = logging.getLogger(__name__)

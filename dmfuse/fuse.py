@@ -65,7 +65,7 @@ def _fuse_error(exc: BaseException) -> pyfuse3.FUSEError:
 
 def waiting_requests_probe() -> Callable[[], bool] | None:
     """After ``pyfuse3.init``: a function telling whether FUSE requests are waiting to be
-    received (a zero-timeout poll of the session fd), for :mod:`dmfuse.offload`.  pyfuse3
+    received (a zero-timeout poll of the session fd), for :mod:`dmfuse.openssl.offload`.  pyfuse3
     does not expose the fd; it is the process's one open ``/dev/fuse`` (None if not exactly
     one is found)."""
     found = []

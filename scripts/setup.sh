@@ -29,7 +29,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip 'setuptools>=78' wheel 2>&1 | grep -v '^WARNING: Location' || true
 "$REPO/scripts/build-pyfuse3.sh" "$VENV"
 "$VENV/bin/python" -m pip install -q -e "$REPO[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-"$VENV/bin/python" -c "import pyfuse3, dmfuse._openssl; O = pyfuse3.Operations
+"$VENV/bin/python" -c "import pyfuse3, dmfuse.openssl.loops; O = pyfuse3.Operations
 assert hasattr(O, 'fallocate') and hasattr(O, 'enable_write_flags')" \
-  || { echo "setup: pyfuse3 lacks our patches (patches/), or dmfuse._openssl did not build" >&2; exit 1; }
+  || { echo "setup: pyfuse3 lacks our patches (patches/), or dmfuse.openssl.loops did not build" >&2; exit 1; }
 echo "setup: ready ($VENV)"

@@ -7,7 +7,7 @@ it to a worker thread costs more than the disk takes here (measured, see
 the request is submitted from the trio thread (one system call), the task waits, and the
 kernel signals the eventfd given in the ``iocb`` when it is done.  One system task per trio run
 owns the AIO context, drains completions (``io_getevents`` with no wait) and wakes the tasks,
-as :mod:`dmfuse.offload` does for crypt's jobs, and qemu does with ``aio=native``.
+as :mod:`dmfuse.openssl.offload` does for crypt's jobs, and qemu does with ``aio=native``.
 
 Only the ``x86_64`` and ``aarch64`` system call numbers are known; elsewhere, or if
 ``io_setup`` fails (``/proc/sys/fs/aio-max-nr`` used up), :func:`context` returns None and

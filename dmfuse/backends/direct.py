@@ -21,7 +21,8 @@ to a worker thread (``trio.to_thread``, tried with 16 threads) was measured slow
 cell on this 2-vCPU machine (4k random read QD16 ~2.5x fewer IOPS): the disk answers in
 ~50-100 µs, less than the thread hops cost.  So a request with aligned offset and length
 that overlaps others (AIO requests in flight, or FUSE requests waiting to be received: the
-probe of :mod:`dmfuse.offload`) is submitted with Linux native AIO (:mod:`dmfuse.backends.aio`)
+probe of :mod:`dmfuse.openssl.offload`) is submitted with Linux native AIO
+(:mod:`dmfuse.backends.aio`)
 and the task waits while the trio thread serves others; a request alone runs inline, because
 an AIO completion reaches the task later than a blocking ``preadv`` returns (engine level, 4k
 QD1: 4k vs 10k IOPS).  Measured interleaved against inline-only through FUSE (fio on the
@@ -68,10 +69,10 @@ import struct
 import attrs
 import trio
 
-from dmfuse import offload
 from dmfuse.backends.aio import AioContext, context
 from dmfuse.backends.file import FileBackend
 from dmfuse.errors import IOFailure, TableError
+from dmfuse.openssl import offload
 
 STATX_DIOALIGN = 0x2000
 AT_EMPTY_PATH = 0x1000

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from dmfuse import __version__, targets  # noqa: F401  (registers the targets)
 from dmfuse.engine.checks import install_checks
 from dmfuse.engine.device import Device
+from dmfuse.engine.graph import top_down
 from dmfuse.engine.loaded import LoadedTable
 from dmfuse.engine.opener import BackendPool, TableOpener
 from dmfuse.engine.reports import Reports
@@ -351,13 +352,13 @@ class Manager(Reports):
     # -- shutdown and persistence ------------------------------------------------------------
     async def shutdown(self) -> None:
         """Unmount: let in-flight I/O finish, flush every live table, close every backend."""
-        for device in _top_down(self.devices):
+        for device in top_down(self.devices):
             try:
                 if device.live is not None and not device.suspended:
                     await device.suspend()
             except Exception:
                 log.exception("flushing %s at shutdown failed", device.name)
-        for device in _top_down(self.devices):
+        for device in top_down(self.devices):
             await device.destroy()
         self.devices.clear()
 
@@ -366,39 +367,3 @@ class Manager(Reports):
             return
         lines = device.live.table_lines(showkeys=True) if device.live is not None else None
         self.store.save(device.name, device.uuid, device.readonly, lines, device.cache)
-
-
-def _top_down(devices: dict[str, Device]) -> list[Device]:
-    """Devices ordered so that a device comes before the devices it stacks on.
-
-    One pass over every table's backends builds who-stacks-on-whom, so ordering is linear in
-    the number of backends (a mount of 1,000 devices plus a 100k-line table: milliseconds)."""
-    users: dict[str, list[Device]] = {}  # lower device name -> devices whose tables use it
-    for dev in devices.values():
-        lower: set[str] = set()
-        for table in (dev.live, dev.inactive):
-            if table is not None:
-                for backend in table.distinct_backends():
-                    lower.update(backend.depends_on())
-        for name in lower:
-            users.setdefault(name, []).append(dev)
-    order: list[Device] = []
-    seen: set[str] = set()
-
-    def visit(dev: Device) -> None:
-        stack = [(dev, iter(users.get(dev.name, ())))]
-        seen.add(dev.name)
-        while stack:
-            current, pending = stack[-1]
-            user = next(pending, None)
-            if user is None:
-                stack.pop()
-                order.append(current)
-            elif user.name not in seen:
-                seen.add(user.name)
-                stack.append((user, iter(users.get(user.name, ()))))
-
-    for dev in list(devices.values()):
-        if dev.name not in seen:
-            visit(dev)
-    return order

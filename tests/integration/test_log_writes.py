@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dmfuse import logwrites_format as fmt
-from dmfuse import replay_log
+from dmfuse.targets.log_writes import log_format as fmt
+from dmfuse.targets.log_writes import replay as replay_log
 from tests.integration.harness import DMFUSE, Mount, run
 from tests.kernel_vm import CACHE, KDM_DIR, KDM_VM, require_vm, run_recorded_script
 

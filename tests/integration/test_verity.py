@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dmfuse.verity.tree import Geometry
+from dmfuse.targets.verity.tree import Geometry
 from tests.integration.harness import Mount, run
 from tests.kernel_vm import KDM_DIR, KDM_VM
 from tests.unit.test_verity import flip, make_data, veritysetup_format

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dmfuse.bufpool import BufferPool
+from dmfuse.targets.crypt.bufpool import BufferPool
 
 
 def test_buffers_are_reused_and_bounded() -> None:

@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dmfuse._openssl import Job
-from dmfuse.crypt.cipherspec import CipherSpec, key_size, mask_key, parse_cipher
-from dmfuse.crypt.ivgen import benbi_shift, generator, iv_array
-from dmfuse.crypt.sectors import SectorCipher
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError, TableError
+from dmfuse.openssl.loops import Job
 from dmfuse.targets.crypt import Crypt
+from dmfuse.targets.crypt.cipherspec import CipherSpec, key_size, mask_key, parse_cipher
+from dmfuse.targets.crypt.ivgen import benbi_shift, generator, iv_array
+from dmfuse.targets.crypt.sectors import SectorCipher
 from tests.conftest import pattern
 
 K32 = bytes(range(32)).hex()
@@ -591,7 +591,7 @@ def per_unit_reference(
 def test_xts_equals_one_public_openssl_context_per_unit(
     key_bytes: int, unit: int, iv_large: bool, first: int, units: int, seed: int
 ) -> None:
-    """The C unit loop (dmfuse._openssl) against ``cryptography``, one context per unit."""
+    """The C unit loop (dmfuse.openssl.loops) against ``cryptography``, one context per unit."""
     rnd = random.Random(seed)
     key = rnd.randbytes(key_bytes)
     while key[: key_bytes // 2] == key[key_bytes // 2 :]:

@@ -24,10 +24,10 @@ import pytest
 import trio
 import trio.testing
 
-from dmfuse import logwrites_format as fmt
-from dmfuse import replay_log
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
+from dmfuse.targets.log_writes import log_format as fmt
+from dmfuse.targets.log_writes import replay as replay_log
 from tests.kernel_vm import CACHE, require_vm, run_recorded_script, same_kernel
 
 KERNEL = Path(__file__).resolve().parents[1] / "data" / "kernel"

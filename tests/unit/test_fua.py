@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dmfuse import logwrites_format as fmt
-from dmfuse import replay_log
 from dmfuse.engine.manager import Manager
+from dmfuse.targets.log_writes import log_format as fmt
+from dmfuse.targets.log_writes import replay as replay_log
 from tests.conftest import pattern
 
 MiB = 1 << 20

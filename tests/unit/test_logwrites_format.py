@@ -19,10 +19,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmfuse import logwrites_format as fmt
-from dmfuse import replay_log
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
+from dmfuse.targets.log_writes import log_format as fmt
+from dmfuse.targets.log_writes import replay as replay_log
 from tests.conftest import pattern
 
 KERNEL = Path(__file__).parent.parent / "data" / "kernel"

@@ -1,4 +1,4 @@
-"""dmfuse.offload: when a big request goes to the worker thread."""
+"""dmfuse.openssl.offload: when a big request goes to the worker thread."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from dmfuse import offload
-from dmfuse._openssl import UnitCipher
 from dmfuse.fuse import waiting_requests_probe
-from dmfuse.offload import MIN_BYTES, Overlap
+from dmfuse.openssl import offload
+from dmfuse.openssl.loops import UnitCipher
+from dmfuse.openssl.offload import MIN_BYTES, Overlap
 
 
 async def test_without_a_probe_a_big_request_yields_to_see_others_arrive() -> None:

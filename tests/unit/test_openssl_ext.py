@@ -1,4 +1,4 @@
-"""dmfuse._openssl: the C loops against ``cryptography`` / ``hashlib``, and their refusals."""
+"""dmfuse.openssl.loops: the C loops against ``cryptography`` / ``hashlib``, and their refusals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from dmfuse._openssl import BlockHasher, Job, OpenSSLError, UnitCipher
+from dmfuse.openssl.loops import BlockHasher, Job, OpenSSLError, UnitCipher
 
 KEY64 = bytes(range(1, 65))
 

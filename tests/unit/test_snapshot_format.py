@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from dmfuse.snapshot import cow_format as fmt
+from dmfuse.targets.snapshot import cow_format as fmt
 
 
 def test_header_round_trip_and_bytes() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dmfuse.snapshot.progress import Usage, parse, render, watch
+from dmfuse.targets.snapshot.progress import Usage, parse, render, watch
 
 
 def test_parse_usage_and_words() -> None:

@@ -16,7 +16,7 @@ import trio
 from dmfuse.backends.base import Backend
 from dmfuse.backends.file import FileBackend
 from dmfuse.errors import DmError, IOFailure
-from dmfuse.snapshot.store import PersistentStore
+from dmfuse.targets.snapshot.store import PersistentStore
 
 CHUNK = 8 * 512
 

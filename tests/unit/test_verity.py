@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from dmfuse._openssl import BlockHasher, Job
 from dmfuse.engine.manager import Manager
 from dmfuse.errors import DmError
-from dmfuse.targets import verity as verity_mod
-from dmfuse.targets.verity import Verity
-from dmfuse.verity import hashing
-from dmfuse.verity.tree import Geometry, build_tree
+from dmfuse.openssl.loops import BlockHasher, Job
+from dmfuse.targets.verity import Verity, hashing
+from dmfuse.targets.verity import target as verity_mod
+from dmfuse.targets.verity.tree import Geometry, build_tree
 
 needs_veritysetup = pytest.mark.skipif(
     shutil.which("veritysetup") is None, reason="veritysetup (cryptsetup-bin) not installed"
@@ -451,7 +450,7 @@ async def test_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     )
     assert bytes(await m.get("v").read(0, len(data))) == data
     target = target_of(m, "v")
-    assert target._cache_max == 20
+    assert target._cache.max_blocks == 20
     assert len(target._cache) == 20
 
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmfuse.verity import hashing
-from dmfuse.verity.tree import Geometry, GeometryError, build_tree
+from dmfuse.targets.verity import hashing
+from dmfuse.targets.verity.tree import Geometry, GeometryError, build_tree
 
 needs_veritysetup = pytest.mark.skipif(
     shutil.which("veritysetup") is None, reason="veritysetup (cryptsetup-bin) not installed"
@@ -157,7 +157,7 @@ def oracle_tree(
     data: bytes, dbs: int, hbs: int, alg: str, salt: bytes, version: int
 ) -> tuple[str, bytes]:
     """The reference algorithm of oracles.md 1.2 (checked there against veritysetup), kept
-    independent of :mod:`dmfuse.verity.tree`: tree bytes top level first, from offset 0."""
+    independent of :mod:`dmfuse.targets.verity.tree`: tree bytes top level first, from offset 0."""
     import hashlib
 
     dsz = hashlib.new(alg).digest_size
@@ -231,7 +231,7 @@ def test_geometry_and_writer_agree_with_the_oracle_algorithm(
 
 @pytest.mark.parametrize(
     "alg",
-    # OpenSSL in C (dmfuse._openssl), and hashlib for blake2b with a short digest
+    # OpenSSL in C (dmfuse.openssl.loops), and hashlib for blake2b with a short digest
     [
         "sha256",
         "sha256-generic",

@@ -9,7 +9,7 @@ right by ``log2(sector_size / 512)`` with ``iv_large_sectors`` (computed by the 
 * ``plain64``   little-endian 64-bit sector, zero padded (for XTS: the 16-byte tweak)
 * ``plain64be`` big-endian 64-bit sector in the *last* 8 bytes
 * ``essiv``     ``plain64``, then encrypted with the salt key (done by the caller, one ECB
-                call for a whole request: see :mod:`dmfuse.crypt.sectors`)
+                call for a whole request: see :mod:`dmfuse.targets.crypt.sectors`)
 * ``benbi``     big-endian 64-bit count of cipher blocks, from 1: ``(sector << shift) + 1``
                 with ``shift = 9 - log2(cipher block size)``, in the last 8 bytes
 * ``null``      all zeros

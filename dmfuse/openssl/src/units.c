@@ -578,7 +578,7 @@ static PyMemberDef UnitCipher_members[] = {
     {NULL}};
 
 PyTypeObject dmf_UnitCipherType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dmfuse._openssl.UnitCipher",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dmfuse.openssl.loops.UnitCipher",
     .tp_basicsize = sizeof(UnitCipher),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "UnitCipher(name, key): an OpenSSL cipher applied unit by unit",

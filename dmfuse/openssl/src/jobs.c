@@ -182,7 +182,7 @@ static PyGetSetDef Job_getset[] = {
     {NULL}};
 
 PyTypeObject dmf_JobType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dmfuse._openssl.Job",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dmfuse.openssl.loops.Job",
     .tp_basicsize = sizeof(Job),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Work running on the worker thread (UnitCipher.start, BlockHasher.start)",

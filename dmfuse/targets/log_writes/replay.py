@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 
 import attrs
 
-from dmfuse import logwrites_format as fmt
+from dmfuse.targets.log_writes import log_format as fmt
 
 BLKZEROOUT = 0x127F
 _FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE

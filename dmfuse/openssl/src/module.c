@@ -1,4 +1,4 @@
-/* dmfuse._openssl: OpenSSL loops over many encryption units / hash blocks, without the GIL.
+/* dmfuse.openssl.loops: OpenSSL loops over many encryption units / hash blocks, without the GIL.
  *
  * Why this exists: dm-crypt encrypts every 512-byte (or sector_size) unit with its own IV, and
  * dm-verity hashes every data block on its own.  A 1 MiB request is 2048 units or 256 blocks;
@@ -121,17 +121,17 @@ void dmf_note_wait(int team, long long own_done) {
 /* ---- module ---------------------------------------------------------------------------- */
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "dmfuse._openssl",
+    PyModuleDef_HEAD_INIT, "dmfuse.openssl.loops",
     "OpenSSL loops over many encryption units / hash blocks, without the GIL.", -1, NULL};
 
-PyMODINIT_FUNC PyInit__openssl(void) {
+PyMODINIT_FUNC PyInit_loops(void) {
     if (PyType_Ready(&dmf_UnitCipherType) < 0 || PyType_Ready(&dmf_BlockHasherType) < 0 ||
         PyType_Ready(&dmf_JobType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    dmf_OpenSSLError = PyErr_NewException("dmfuse._openssl.OpenSSLError", PyExc_ValueError, NULL);
+    dmf_OpenSSLError = PyErr_NewException("dmfuse.openssl.loops.OpenSSLError", PyExc_ValueError, NULL);
     if (PyModule_AddObjectRef(m, "OpenSSLError", dmf_OpenSSLError) < 0 ||
         PyModule_AddObjectRef(m, "UnitCipher", (PyObject *)&dmf_UnitCipherType) < 0 ||
         PyModule_AddObjectRef(m, "BlockHasher", (PyObject *)&dmf_BlockHasherType) < 0 ||

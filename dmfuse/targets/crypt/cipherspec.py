@@ -11,7 +11,7 @@ Two forms (``crypt_ctr_cipher_old`` / ``crypt_ctr_cipher_new`` in dm-crypt.c):
 
 Both reduce to a :class:`CipherSpec` naming the block cipher, the chain mode, the IV mode and
 options and the key count (multi-key mode: sector ``s`` uses subkey ``s & (keycount - 1)``).
-Which algorithms exist is decided later (:mod:`dmfuse.crypt.sectors`); here only the shape is
+Which algorithms exist is decided later (:mod:`.sectors`); here only the shape is
 checked, with the kernel's ``ti->error`` texts.
 """
 

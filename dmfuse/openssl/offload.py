@@ -1,4 +1,4 @@
-"""Handing big requests to dmfuse._openssl's worker thread when requests overlap.
+"""Handing big requests to dmfuse.openssl.loops's worker thread when requests overlap.
 
 crypt converts and verity hashes a 1 MiB request in a few hundred microseconds of OpenSSL.
 A request alone (sequential I/O at queue depth 1) is best done right away on all cores: the
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from dmfuse._openssl import Job
+from dmfuse.openssl.loops import Job
 
 R = TypeVar("R")
 

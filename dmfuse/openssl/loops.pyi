@@ -1,4 +1,4 @@
-"""Types of the C extension built from ``dmfuse/_openssl_src/`` (see module.c)."""
+"""Types of the C extension built from ``dmfuse/openssl/src/`` (see module.c)."""
 
 from typing import Any, Generic, TypeAlias, TypeVar
 

@@ -1,4 +1,4 @@
-"""Sector encryption with OpenSSL (dmfuse._openssl): the kernel's tfm + IV generator pairing.
+"""Sector encryption with OpenSSL (dmfuse.openssl.loops): the kernel's tfm + IV generator pairing.
 
 A :class:`SectorCipher` is built from a parsed :class:`CipherSpec` and the key bytes, and
 encrypts or decrypts whole encryption units (``sector_size`` bytes) in place, each unit with
@@ -12,12 +12,12 @@ only, halves not equal: what OpenSSL's XTS accepts; the kernel takes both), ``cb
 and ``ecb``, and ``cipher_null`` in ``ecb``; ESSIV with the hashlib digests whose names match
 the kernel's.  Everything else is refused as the kernel refuses an algorithm it does not have.
 
-Speed: a request is converted by one call into :mod:`dmfuse._openssl`, which walks the units in
+Speed: a request is converted by one call into :mod:`dmfuse.openssl.loops`, which walks the units in
 C with the GIL released and gives each its IV (OpenSSL's own XTS/CBC/CTR/ECB; no cipher code
 here); with one key it can also read the request from, or write it to, a file
 (:meth:`SectorCipher.decrypt_from`, :meth:`SectorCipher.encrypt_to`).  plain64 IVs (the usual
 mode) are made in C from the first sector and the step; other IV modes are made at once with
-:func:`~dmfuse.crypt.ivgen.iv_array` (ESSIV: then encrypted with the salt key in one ECB call).
+:func:`.ivgen.iv_array` (ESSIV: then encrypted with the salt key in one ECB call).
 Keyed contexts are built once per key.  Several subkeys (``aes:2-...``): the units of each
 subkey are gathered and converted together.  IV sectors are taken modulo 2^64, as the kernel's
 ``sector_t``.
@@ -31,10 +31,10 @@ import hashlib
 import numpy as np
 from numpy.typing import NDArray
 
-from dmfuse._openssl import Job, OpenSSLError, UnitCipher
-from dmfuse.crypt.cipherspec import IV_MODES, KERNEL_ONLY_IV_MODES, CipherSpec
-from dmfuse.crypt.ivgen import benbi_shift, iv_array
 from dmfuse.errors import IOFailure, TableError
+from dmfuse.openssl.loops import Job, OpenSSLError, UnitCipher
+from dmfuse.targets.crypt.cipherspec import IV_MODES, KERNEL_ONLY_IV_MODES, CipherSpec
+from dmfuse.targets.crypt.ivgen import benbi_shift, iv_array
 
 # The kernel fails the allocation of an algorithm it does not have with ENOENT.
 _NO_TFM = ("Error allocating crypto tfm", errno.ENOENT)
@@ -56,7 +56,7 @@ _CHAIN_IV_SIZE = {"xts": 16, "cbc": 16, "ctr": 16, "ecb": 0}
 _AES_KEYS = (16, 24, 32)
 
 _MASK64 = 2**64 - 1
-# IVs as dmfuse._openssl takes them: a table (bytes per unit), or (first, step) for plain64.
+# IVs as dmfuse.openssl.loops takes them: a table (bytes per unit), or (first, step) for plain64.
 _UnitIvs = NDArray[np.uint8] | bytes | tuple[int, int]
 _OPENSSL_MODE = {"xts": "XTS", "cbc": "CBC", "ctr": "CTR", "ecb": "ECB"}
 
@@ -180,8 +180,8 @@ class SectorCipher:
         self, src: memoryview, dst: memoryview, sector: int, *, encrypt: bool
     ) -> Job[None] | None:
         """Like :meth:`convert`, but on the worker thread: wait for the returned job
-        (:meth:`dmfuse.offload.Overlap.wait`), which finishes it.  None if there is nothing to
-        hand over (not :attr:`one_key`, no units): use convert."""
+        (:meth:`dmfuse.openssl.offload.Overlap.wait`), which finishes it.  None if there is
+        nothing to hand over (not :attr:`one_key`, no units): use convert."""
         if not self.one_key or len(src) < self.sector_size:
             return None
         key, ivs = self._one_key_ivs(len(src), sector)
@@ -222,7 +222,7 @@ class SectorCipher:
 
     def _key_ivs(self, key: _SubKey, units: int, sector: int) -> _UnitIvs:
         """What ``key``'s cipher takes as the IVs of ``units`` units from ``sector`` on:
-        plain64 (IV sectors one per 512 bytes) as ``(first, step)``, which dmfuse._openssl
+        plain64 (IV sectors one per 512 bytes) as ``(first, step)``, which dmfuse.openssl.loops
         makes itself (7 us per MiB less than numpy here); other modes as a table."""
         if self.ivmode == "plain64" and not self.iv_shift:
             return (sector & _MASK64, self.step)

@@ -1,132 +1,39 @@
-"""verity — a read-only device whose every data block is checked against a hash tree.
-
-Table:  ``<start> <length> verity <version> <data_dev> <hash_dev> <data_block_size>
-<hash_block_size> <num_data_blocks> <hash_start_block> <algorithm> <root_digest> <salt|->
-[<#opt_params> <opt_params>...]`` — the line ``veritysetup open`` loads.
-  ``version``          1 (current; salt hashed first) or 0 (Chrome OS; salt hashed last)
-  ``data_dev``         the data; byte ``o`` of the target is byte ``o`` of ``data_dev``
-  ``hash_dev``         the hash tree (may be the same file as ``data_dev``)
-  ``data_block_size``  power of two, 512..4096 (PAGE_SIZE) bytes
-  ``hash_block_size``  power of two >= 512 bytes, at least twice the digest size
-  ``num_data_blocks``  data blocks covered by the tree; the target may be shorter, not longer
-  ``hash_start_block`` where the tree starts on ``hash_dev``, in hash blocks (1 after a
-                       veritysetup superblock, ``--hash-offset / hash_block_size`` without)
-  ``algorithm``        kernel crypto name: md5 sha1 sha224 sha256 sha384 sha512
-                       sha3-224/256/384/512 blake2b-160/256/384/512 (sm3 rmd160 when this
-                       OpenSSL has them); ``<name>-generic`` is accepted
-  ``root_digest``      hex; ``salt`` hex or ``-`` for none
-Optional parameters (names case-insensitive, printed in lower case):
-  ``ignore_corruption``      log a corrupted block and return it anyway
-  ``restart_on_corruption``  see "Corruption" below (the kernel reboots)
-  ``panic_on_corruption``    see "Corruption" below (the kernel panics)
-  ``restart_on_error``, ``panic_on_error``  the same on an I/O error of the data or hash device
-  ``ignore_zero_blocks``     a block whose expected digest is that of a zero block is returned
-                             as zeros without checking it (the data there may be anything)
-  ``check_at_most_once``     verify each data block only the first time it is read (bitmap)
-  ``try_verify_in_tasklet``  accepted and printed back; no effect (a kernel scheduling choice)
-The table must be read-only (``create -r`` or ``# dmfuse: readonly``): "Device must be readonly".
-verity must be alone in its table ("target type verity must appear alone in table"), and a
-live verity table can only be replaced by another verity or an error table ("can't replace
-immutable target type verity").
-
-Reads: each data block read is hashed and checked against its digest in the level-0 hash
-block, which is itself checked up the tree to the root digest before it is trusted.  Verified
-hash blocks are kept in a bounded LRU cache (16 MiB of hash blocks: 2 GiB of data at
-4K/sha256), so sequential reads hash each hash block once; suspend empties the cache (as the
-kernel's ``dm_bufio_client_reset``).  A mismatch fails the read (EIO) — with whole-block reads,
-exactly the requests that contain the block, or whose tree path contains the bad hash block —
-logs ``<data_dev>: data|metadata block N is corrupted`` (N: data block, or hash block counted
-from the start of ``hash_dev``; at most 100 lines per table, then ``reached maximum errors``)
-and turns the status to ``C`` for good.  An I/O error of either device fails the read with
-its own errno and does not change the status.  Writes are refused (EROFS, read-only table);
-no discard, no flush.
-
-Corruption with ``restart_on_corruption``/``panic_on_corruption`` (and I/O errors with
-``restart_on_error``/``panic_on_error``): dmfuse cannot reboot the machine, so the target
-*trips*: the failing read gets EIO, an ERROR (restart) or CRITICAL (panic) line
-``verity: <data_dev>: <reason>: <mode>: failing all I/O until the table is replaced`` is
-logged, a dm event is raised (so ``dmfuse wait`` wakes), and every later read of this table
-fails with EIO until a new table is loaded and resumed, like a machine that must be set up
-again after the reboot.  The two modes differ only in the log level.
-
-Status: ``V`` (no corruption seen) or ``C``.
-Table:  ``<version> <data_dev> <hash_dev> <dbs> <hbs> <blocks> <hash_start> <alg> <root> <salt>``
-then, if any, ``<count> [mode] [error mode] [ignore_zero_blocks] [check_at_most_once]
-[try_verify_in_tasklet]`` (the kernel's order; digests in lower-case hex).
-
-Not supported, refused with a message naming it: forward error correction
-(``use_fec_from_device``, ``fec_start``, ``fec_blocks``, ``fec_roots``: no Reed-Solomon decoder
-here) and ``root_hash_sig_key_desc`` (needs the kernel keyring).
-Differences from the kernel (6.12, verity 1.10.0; strings and errors checked in the VM): the
-minimum data/hash block size is 512 for every device (the kernel uses the device's logical
-block size); "can't replace immutable target type verity" (only a verity or an error table
-may be loaded over it) is checked against the live table only (the kernel remembers the type
-for the device's lifetime, so it refuses e.g. linear even after an error table); a mismatching
-data block is not re-read before it is declared corrupt (the kernel's ``verity_recheck``
-guards against data changing under DMA); no uevent on corruption; a message gets the
-engine's generic refusal (the kernel: "Target type does not support messages").
-
-Speed (``bench/verity.sh``: fio 1M sequential reads, O_DIRECT, through one mount, 256 MiB of
-data, 4K blocks, sha256, warm page cache; 2 shared vCPUs):
-  linear 2820-3190 MB/s at psync QD1, 3720-3740 MB/s at libaio QD16 (07:40-08:10 UTC,
-  several rounds, load average 0.5-1.9 with the benchmark itself);
-  verity 1300-1645 MB/s at QD1 (0.41-0.52x), 1630-1690 MB/s at QD16 (0.44-0.46x; 1315-1325
-  before overlapping reads went to the worker thread); runs with another job busy on the
-  second vCPU: 1120-1220 MB/s (the helpers stand down, one core);
-  before dmfuse._openssl: 950-965 and 930-990 MB/s, before that 745-780 and 655-665;
-  with ``check_at_most_once``, once every block was checked, 1.0-1.05x of linear.
-  In-process (engine, no FUSE, 32 MiB, 1M reads): linear 131 us/MiB, verity 482 us/MiB on two
-  cores, 753 us/MiB on one (before dmfuse._openssl: 890).
-How: a request's expected digests are sliced out of the cached, verified level-0 hash blocks
-at once and compared with the computed ones as one string; the blocks are hashed by OpenSSL in
-C without the GIL (:class:`dmfuse._openssl.BlockHasher`, the salted state copied per block),
-shared by the calling thread and a helper per core; when big reads overlap (deep queues) each
-is hashed on the worker thread instead, the trio thread serving FUSE meanwhile
-(:mod:`dmfuse.offload`).  The data is read with one ``preadv`` per request; hash blocks are
-read one by one, but only on a cache miss.
-The issue's goal of 0.7x is NOT met, and cannot be on two vCPUs: sha256 with SHA-NI hashes
-~1.7 GB/s per core (``openssl speed``; 0.6 ms per MiB in 4K blocks), so 0.7x of linear
-(2.5-3 GB/s) would need 1.5-1.8 cores for hashing alone, while the linear path it adds to
-already keeps one core busy.  What reaches it is ``check_at_most_once``.
-"""
+"""The verity target (its man page: the package docstring)."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import mmap
-import re
-from collections import OrderedDict
 from collections.abc import Sequence
 
-from dmfuse.args import ArgReader
 from dmfuse.backends.base import Backend
 from dmfuse.errors import DmError, IOFailure, TableError
-from dmfuse.offload import Overlap
+from dmfuse.openssl.offload import Overlap
 from dmfuse.target import DeviceOpener, Limits, Target, check_area, register
-from dmfuse.verity import hashing
-from dmfuse.verity.tree import Geometry, GeometryError
+from dmfuse.targets.verity import hashing
+from dmfuse.targets.verity.hash_blocks import HashBlockCache
+from dmfuse.targets.verity.table_args import (
+    ERROR_MODE_NAMES,
+    INT_MAX,
+    MODE_EIO,
+    MODE_LOGGING,
+    MODE_NAMES,
+    MODE_PANIC,
+    Options,
+    feature_words,
+    open_device,
+    parse_block_size,
+    parse_hex,
+    parse_uint,
+)
+from dmfuse.targets.verity.tree import Geometry, GeometryError
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = mmap.PAGESIZE
 CACHE_BYTES = 16 << 20  # hash blocks kept (verified or not), like dm-bufio's cache
 MAX_CORRUPTED_ERRS = 100  # DM_VERITY_MAX_CORRUPTED_ERRS: log lines per table
-OPTS_MAX = 15  # DM_VERITY_OPTS_MAX = 5 + FEC (8) + signature (2)
-INT_MAX = 2**31 - 1
-_HEX = re.compile(r"[0-9a-fA-F]*\Z")
-
-MODE_EIO, MODE_LOGGING, MODE_RESTART, MODE_PANIC = "eio", "logging", "restart", "panic"
-_MODES = {
-    "ignore_corruption": MODE_LOGGING,
-    "restart_on_corruption": MODE_RESTART,
-    "panic_on_corruption": MODE_PANIC,
-}
-_ERROR_MODES = {"restart_on_error": MODE_RESTART, "panic_on_error": MODE_PANIC}
-_MODE_NAMES = {v: k for k, v in _MODES.items()}
-_ERROR_MODE_NAMES = {v: k for k, v in _ERROR_MODES.items()}
-_FEC = ("use_fec_from_device", "fec_start", "fec_blocks", "fec_roots")
-_SIG = "root_hash_sig_key_desc"
 
 
 class Corrupted(IOFailure):
@@ -138,14 +45,6 @@ class Corrupted(IOFailure):
     def __init__(self, message: str, source: Verity) -> None:
         super().__init__(message)
         self.source = source
-
-
-class _HashBlock:
-    __slots__ = ("data", "verified")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.verified = False
 
 
 @register
@@ -190,8 +89,9 @@ class Verity(Target):
         self._zeros = bytes(g.data_block_size)
         # check_at_most_once: one bit per data block (the kernel's validated_blocks)
         self._validated = bytearray((g.data_blocks + 7) // 8) if options.at_most_once else None
-        self._cache: OrderedDict[int, _HashBlock] = OrderedDict()
-        self._cache_max = max(16, CACHE_BYTES // g.hash_block_size)
+        self._cache = HashBlockCache(
+            hash_dev, g.hash_block_size, max(16, CACHE_BYTES // g.hash_block_size)
+        )
         self.hash_failed = False
         self.corrupted_errs = 0
         self.tripped: str | None = None
@@ -204,21 +104,21 @@ class Verity(Target):
         if len(args) < 10:
             raise TableError("Not enough arguments")
         if len(args) > 10:
-            _feature_words(args[10:])  # the kernel's first pass: the count is checked first
-        version = _uint(args[0], 2**32 - 1, "Invalid version")
+            feature_words(args[10:])  # the kernel's first pass: the count is checked first
+        version = parse_uint(args[0], 2**32 - 1, "Invalid version")
         if version > 1:
             raise TableError("Invalid version")
-        data = await _open(opener, args[1], "Data device lookup failed")
-        hash_dev = await _open(opener, args[2], "Hash device lookup failed")
-        dbs = _block_size(args[3], PAGE_SIZE, "Invalid data device block size")
-        hbs = _block_size(args[4], INT_MAX, "Invalid hash device block size")
+        data = await open_device(opener, args[1], "Data device lookup failed")
+        hash_dev = await open_device(opener, args[2], "Hash device lookup failed")
+        dbs = parse_block_size(args[3], PAGE_SIZE, "Invalid data device block size")
+        hbs = parse_block_size(args[4], INT_MAX, "Invalid hash device block size")
         dbits, hbits = dbs.bit_length() - 1, hbs.bit_length() - 1
-        data_blocks = _uint(args[5], 2**64 - 1, "Invalid data blocks")
+        data_blocks = parse_uint(args[5], 2**64 - 1, "Invalid data blocks")
         if (data_blocks << (dbits - 9)) >= 2**64:
             raise TableError("Invalid data blocks")
         if length > data_blocks * dbs:
             raise TableError("Data device is too small")
-        hash_start = _uint(args[6], 2**64 - 1, "Invalid hash start")
+        hash_start = parse_uint(args[6], 2**64 - 1, "Invalid hash start")
         if (hash_start << (hbits - 9)) >= 2**64:
             raise TableError("Invalid hash start")
         algorithm = args[7]
@@ -228,12 +128,12 @@ class Verity(Target):
         digest_size = hashing.digest_size(ctor)
         if hbs < digest_size * 2:
             raise TableError("Digest size too big")
-        root = _hex(args[8], "Invalid root digest")
+        root = parse_hex(args[8], "Invalid root digest")
         if root is None or len(root) != digest_size:
             raise TableError("Invalid root digest")
         salt = b""
         if args[9] != "-":
-            parsed = _hex(args[9], "Invalid salt")
+            parsed = parse_hex(args[9], "Invalid salt")
             if not parsed:
                 raise TableError("Invalid salt")
             salt = parsed
@@ -268,7 +168,7 @@ class Verity(Target):
             # restart_on_error / panic_on_error: an I/O error that is not our own mismatch
             mode = self.options.error_mode
             if mode != MODE_EIO and not (isinstance(exc, Corrupted) and exc.source is self):
-                self._trip(mode, _ERROR_MODE_NAMES[mode], f"I/O error: {exc}")
+                self._trip(mode, ERROR_MODE_NAMES[mode], f"I/O error: {exc}")
             raise
 
     async def _verify(self, first: int, count: int, buf: memoryview) -> None:
@@ -327,7 +227,7 @@ class Verity(Target):
     async def _read_digests(self, buf: memoryview, count: int) -> bytes:
         """The digests of the first ``count`` blocks of ``buf``, in one OpenSSL call: right
         here on all cores when the read is alone, else on the worker thread while the trio
-        thread serves other requests (:mod:`dmfuse.offload`)."""
+        thread serves other requests (:mod:`dmfuse.openssl.offload`)."""
         bs = self.geometry.data_block_size
         hasher = self._hasher
         if hasher is not None and await self._overlap.use_worker(count * bs):
@@ -428,7 +328,7 @@ class Verity(Target):
         want = self.root
         for level in range(g.levels - 1, -1, -1):
             index, at = g.locate(block, level)
-            hb = await self._hash_block(index)
+            hb = await self._cache.load(index)
             if not hb.verified:
                 if self._digest(hb.data) == want:
                     hb.verified = True
@@ -436,22 +336,6 @@ class Verity(Target):
                     self._corrupted("metadata", index)  # returns only when logging
             want = hb.data[at : at + g.digest_size]
         return want
-
-    async def _hash_block(self, index: int) -> _HashBlock:
-        cache = self._cache
-        hb = cache.get(index)
-        if hb is not None:
-            cache.move_to_end(index)
-            return hb
-        size = self.geometry.hash_block_size
-        buf = bytearray(size)
-        await self.hash_dev.read(index * size, memoryview(buf))
-        hb = cache.get(index)  # another reader may have loaded it meanwhile
-        if hb is None:
-            hb = cache[index] = _HashBlock(bytes(buf))
-            if len(cache) > self._cache_max:
-                cache.popitem(last=False)
-        return hb
 
     def _corrupted(self, kind: str, block: int) -> None:
         """verity_handle_err: record, log (bounded), then fail unless ignore_corruption."""
@@ -465,7 +349,7 @@ class Verity(Target):
         if mode == MODE_LOGGING:
             return
         if mode != MODE_EIO:
-            self._trip(mode, _MODE_NAMES[mode], f"{kind} block {block} is corrupted")
+            self._trip(mode, MODE_NAMES[mode], f"{kind} block {block} is corrupted")
         raise Corrupted(f"verity: {self.data.display}: {kind} block {block} is corrupted", self)
 
     def _trip(self, mode: str, name: str, reason: str) -> None:
@@ -501,106 +385,3 @@ class Verity(Target):
 
     async def postsuspend(self) -> None:
         self._cache.clear()  # dm_bufio_client_reset: re-read and re-verify after resume
-
-
-class Options:
-    """The optional parameters (verity_parse_opt_args, second pass)."""
-
-    def __init__(self) -> None:
-        self.mode = MODE_EIO
-        self.error_mode = MODE_EIO
-        self.ignore_zero_blocks = False
-        self.at_most_once = False
-        self.tasklet = False
-
-    @classmethod
-    def parse(cls, rest: Sequence[str], data_blocks: int) -> Options:
-        opts = cls()
-        if not rest:
-            return opts
-        for word in _feature_words(rest):
-            name = word.lower()
-            if name in _MODES:
-                if opts.mode != MODE_EIO:
-                    raise TableError("Conflicting error handling parameters")
-                opts.mode = _MODES[name]
-            elif name in _ERROR_MODES:
-                if opts.error_mode != MODE_EIO:
-                    raise TableError("Conflicting error handling parameters")
-                opts.error_mode = _ERROR_MODES[name]
-            elif name == "ignore_zero_blocks":
-                opts.ignore_zero_blocks = True
-            elif name == "check_at_most_once":
-                if data_blocks > INT_MAX:
-                    raise TableError("device too large to use check_at_most_once")
-                opts.at_most_once = True
-            elif name == "try_verify_in_tasklet":
-                opts.tasklet = True
-            elif name in _FEC:
-                raise TableError(
-                    f"{name}: forward error correction (FEC) is not supported by dmfuse"
-                )
-            elif name == _SIG:
-                raise TableError(
-                    f"{name}: root hash signatures are not supported by dmfuse "
-                    "(they need the kernel keyring)"
-                )
-            else:
-                raise TableError("Unrecognized verity feature request")
-        return opts
-
-    def words(self) -> list[str]:
-        words = []
-        if self.mode != MODE_EIO:
-            words.append(_MODE_NAMES[self.mode])
-        if self.error_mode != MODE_EIO:
-            words.append(_ERROR_MODE_NAMES[self.error_mode])
-        if self.ignore_zero_blocks:
-            words.append("ignore_zero_blocks")
-        if self.at_most_once:
-            words.append("check_at_most_once")
-        if self.tasklet:
-            words.append("try_verify_in_tasklet")
-        return words
-
-
-def _feature_words(rest: Sequence[str]) -> list[str]:
-    """``<#opt_params> <words>``; words after the counted ones are ignored, as by the kernel."""
-    reader = ArgReader(rest)
-    try:
-        count = reader.unsigned("feature args", maximum=OPTS_MAX)
-    except TableError:
-        raise TableError("Invalid number of feature args") from None
-    if count > reader.remaining:
-        raise TableError("Invalid number of feature args")
-    return list(rest[1 : 1 + count])
-
-
-def _uint(text: str, maximum: int, error: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise TableError(error)
-    value = int(text)
-    if value > maximum:
-        raise TableError(error)
-    return value
-
-
-def _block_size(text: str, maximum: int, error: str) -> int:
-    value = _uint(text, 2**32 - 1, error)
-    if value < 512 or value & (value - 1) or value > maximum:
-        raise TableError(error)
-    return value
-
-
-def _hex(text: str, error: str) -> bytes | None:
-    if len(text) % 2 or not _HEX.match(text):
-        raise TableError(error)
-    return bytes.fromhex(text)
-
-
-async def _open(opener: DeviceOpener, spec: str, error: str) -> Backend:
-    try:
-        return await opener.open(spec)
-    except TableError as exc:
-        detail = exc.message.removeprefix("Device lookup failed: ")
-        raise TableError(f"{error}: {detail}") from None

@@ -1,4 +1,4 @@
-/* Shared by the sources of dmfuse._openssl (see module.c for what the extension is). */
+/* Shared by the sources of dmfuse.openssl.loops (see module.c for what the extension is). */
 #ifndef DMFUSE_OPENSSL_EXT_H
 #define DMFUSE_OPENSSL_EXT_H
 

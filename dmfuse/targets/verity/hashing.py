@@ -9,7 +9,7 @@ Salting (dm-verity ``verity_hash``): format version 1 hashes ``salt || block``, 
 original Chrome OS format) hashes ``block || salt``.
 
 Runs of blocks (:func:`salted_blocks`, what every big read needs) are hashed by OpenSSL in C
-without the GIL (:class:`dmfuse._openssl.BlockHasher`) when OpenSSL has the algorithm, so two
+without the GIL (:class:`dmfuse.openssl.loops.BlockHasher`) when OpenSSL has the algorithm, so two
 threads can share a request; otherwise (e.g. blake2b with a short digest) by hashlib in a loop.
 """
 
@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Protocol
 
-from dmfuse._openssl import BlockHasher, OpenSSLError
+from dmfuse.openssl.loops import BlockHasher, OpenSSLError
 
 Bytes = bytes | bytearray | memoryview
 
@@ -46,7 +46,7 @@ BlockDigests = Callable[[memoryview, int, int, int], bytes]
 
 _DIRECT = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
 _OPENSSL = {"sm3": "sm3", "rmd160": "ripemd160"}
-# kernel name -> OpenSSL's name, for the digests dmfuse._openssl can compute
+# kernel name -> OpenSSL's name, for the digests dmfuse.openssl.loops can compute
 _EVP = {name: name.upper() for name in _DIRECT} | {
     "sha3-224": "SHA3-224",
     "sha3-256": "SHA3-256",

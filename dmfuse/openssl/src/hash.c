@@ -174,7 +174,7 @@ static PyMemberDef BlockHasher_members[] = {
     {NULL}};
 
 PyTypeObject dmf_BlockHasherType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dmfuse._openssl.BlockHasher",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dmfuse.openssl.loops.BlockHasher",
     .tp_basicsize = sizeof(BlockHasher),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "BlockHasher(name, prefix, suffix): an OpenSSL digest applied block by block",

@@ -1,7 +1,7 @@
 """Exception stores: where a snapshot keeps its (origin chunk -> COW chunk) table.
 
 ``PersistentStore`` (``P``/``PO``) keeps the table on the COW device in the kernel's format
-(:mod:`dmfuse.snapshot.cow_format`); ``TransientStore`` (``N``) keeps it in memory only.
+(:mod:`dmfuse.targets.snapshot.cow_format`); ``TransientStore`` (``N``) keeps it in memory only.
 
 Both keep the completed exceptions in a ``dict`` (old chunk -> new chunk): an exception enters it
 only once its data is on the COW device and (persistent) its record is durable, so a reader that
@@ -28,7 +28,7 @@ import trio
 
 from dmfuse.backends.base import Backend
 from dmfuse.errors import DmError, IOFailure, TableError
-from dmfuse.snapshot import cow_format as fmt
+from dmfuse.targets.snapshot import cow_format as fmt
 
 log = logging.getLogger(__name__)
 

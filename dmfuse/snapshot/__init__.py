@@ -1,1 +1,0 @@
-"""Snapshots: the kernel's COW exception stores and the per-origin registry (dm-snap)."""
